@@ -1,0 +1,122 @@
+"""Checkpoints without pickle: tensors in safetensors, everything else in JSON.
+
+A checkpoint ``NAME`` is two files in one directory: ``NAME.safetensors`` (model and
+optimizer tensors) and ``NAME.json`` (counters, optimizer hyper-parameters, RNG state
+and the SHA-256 of the tensor file). Each file is written to a temporary name, fsynced
+and renamed, tensors first, so a crash or a full disk leaves the previous checkpoint
+whole; loading verifies the hash, so a tampered, truncated or mismatched tensor file is
+refused with a message naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be trusted or does not fit the model."""
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a fsynced temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors, plain = {}, {"param_groups": state["param_groups"], "state": {}}
+    for pid, entries in state["state"].items():
+        plain["state"][str(pid)] = {}
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer/{pid}/{key}"] = value
+            else:
+                plain["state"][str(pid)][key] = value
+    return tensors, plain
+
+
+def save_checkpoint(directory: Path, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any]) -> None:
+    """Save model, optimizer, the JSON-able ``state`` and the RNG states as checkpoint ``name``."""
+    opt_tensors, opt_plain = _optimizer_split(optimizer)
+    tensors = {f"model/{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors.update(opt_tensors)
+    tensors["rng/torch"] = torch.get_rng_state()
+    blob = save_tensors(tensors)
+    meta = {"format": "fewshot-checkpoint-1", "tensors_sha256": hashlib.sha256(blob).hexdigest(),
+            "optimizer": opt_plain, "state": state}
+    atomic_write(directory / f"{name}.safetensors", blob)
+    atomic_write(directory / f"{name}.json", json.dumps(meta, indent=1).encode())
+
+
+def read_checkpoint(directory: Path, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The verified tensors and JSON metadata of checkpoint ``name``."""
+    meta_path, tensor_path = directory / f"{name}.json", directory / f"{name}.safetensors"
+    for p in (meta_path, tensor_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"checkpoint file {p} is missing; is {directory.parent} a fewshot run directory?")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint file {meta_path} is corrupt ({e}); delete the run or restore it") from None
+    if not isinstance(meta, dict) or meta.get("format") != "fewshot-checkpoint-1":
+        raise CheckpointError(f"checkpoint file {meta_path} is not a fewshot checkpoint")
+    blob = tensor_path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != meta.get("tensors_sha256"):
+        raise CheckpointError(f"checkpoint file {tensor_path} does not match {meta_path.name} (truncated, "
+                              "tampered with or from another checkpoint); refusing to load it")
+    try:
+        tensors = load_tensors(blob)
+    except SafetensorError as e:
+        raise CheckpointError(f"checkpoint file {tensor_path} is unreadable: {e}") from None
+    return tensors, meta
+
+
+def load_model(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Load the ``model/`` tensors into ``model``; a different architecture is refused."""
+    own = model.state_dict()
+    given = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
+    missing, unexpected = sorted(set(own) - set(given)), sorted(set(given) - set(own))
+    wrong = sorted(k for k in set(own) & set(given) if own[k].shape != given[k].shape)
+    if missing or unexpected or wrong:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                  else f"shape of {wrong[0]} is {tuple(given[wrong[0]].shape)}, model has {tuple(own[wrong[0]].shape)}")
+        raise CheckpointError(f"checkpoint {source} was saved from a different architecture ({detail}); "
+                              "use a run directory made with the same algo, net and ways")
+    model.load_state_dict(given)
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Restore the optimizer state written by :func:`save_checkpoint`."""
+    plain = meta["optimizer"]
+    state: dict[int, dict[str, Any]] = {int(pid): dict(v) for pid, v in plain["state"].items()}
+    for key, value in tensors.items():
+        if key.startswith("optimizer/"):
+            _, pid, name = key.split("/", 2)
+            state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})

@@ -1,0 +1,174 @@
+"""Run configuration: defaults, the papers' recipes, YAML files and validation.
+
+Precedence, lowest first: :class:`RunConfig` defaults, the recipe of the chosen
+``(algo, dataset)`` (:data:`RECIPES`), a YAML file (``--config``), command-line flags.
+The resolved config is written to ``RUN_DIR/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+ALGOS = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonet")
+DATASETS = ("omniglot", "sinusoid")
+OMNIGLOT_SPLITS = ("background", "evaluation", "vinyals-train")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; see the README's "Options" table for the meaning of each."""
+
+    algo: str = "protonet"
+    dataset: str = "omniglot"
+    split: str = "background"          # the meta-training split
+    ways: int = 5                      # ways of validation and test episodes
+    shots: int = 1
+    queries: int = 15
+    train_ways: int | None = None      # ways of training episodes (None: same as ways)
+    train_queries: int | None = None   # queries of training episodes (None: same as queries)
+    meta_batch: int = 32
+    steps: int = 2000
+    inner_steps: int = 1
+    eval_inner_steps: int | None = None  # test-time inner steps (None: same as inner_steps)
+    inner_lr: float = 0.4
+    lr: float = 0.001
+    net: str = "conv4-pool"            # conv4-pool | conv4-strided | mlp
+    norm: str = "batch"                # batch (per-task batch statistics) | none
+    image_size: int = 28
+    rotations: bool | None = None      # None: on for the Vinyals splits, off otherwise
+    vectorize: bool = False            # vmap over the tasks of a meta-batch
+    val_alphabets: list[str] = field(default_factory=list)   # filled in when the run starts
+    test_alphabets: list[str] = field(default_factory=list)
+    holdout_val: int = 3               # alphabets of a Lake split held out for validation
+    holdout_test: int = 5              # ... and for testing
+    val_every: int = 250
+    val_episodes: int = 200
+    test_episodes: int = 600
+    log_every: int = 10
+    checkpoint_every: int = 100
+    time_limit: float | None = None
+    seed: int = 0
+    data_root: str | None = None
+
+    def validate(self) -> "RunConfig":
+        """Raise ``ValueError`` naming the first impossible setting."""
+        if self.algo not in ALGOS:
+            raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {', '.join(ALGOS)}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.dataset == "omniglot" and self.split not in OMNIGLOT_SPLITS:
+            raise ValueError(f"unknown omniglot training split {self.split!r}; choose one of "
+                             f"{', '.join(OMNIGLOT_SPLITS)}")
+        for name in ("ways", "shots", "queries", "meta_batch", "steps", "image_size", "val_every",
+                     "val_episodes", "test_episodes", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("train_ways", "train_queries"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.inner_steps < 0 or (self.eval_inner_steps is not None and self.eval_inner_steps < 0):
+            raise ValueError(f"inner steps must be >= 0, got {self.inner_steps}")
+        for name in ("inner_lr", "lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}; pass a positive learning rate")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"time_limit must be > 0 seconds, got {self.time_limit}")
+        if self.net not in ("conv4-pool", "conv4-strided", "mlp"):
+            raise ValueError(f"unknown net {self.net!r}; choose conv4-pool, conv4-strided or mlp")
+        if (self.net == "mlp") != (self.dataset == "sinusoid"):
+            raise ValueError(f"net {self.net!r} does not fit dataset {self.dataset!r}: "
+                             "use mlp for sinusoid and a conv4 net for omniglot")
+        if self.norm not in ("batch", "none"):
+            raise ValueError(f"unknown norm {self.norm!r}; choose batch or none")
+        if self.dataset == "sinusoid" and self.algo == "protonet":
+            raise ValueError("protonet is a classifier; sinusoid is regression: choose a gradient-based algo")
+        return self
+
+    @property
+    def test_inner_steps(self) -> int:
+        return self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_MAML_OMNIGLOT = dict(net="conv4-strided", ways=5, shots=1, queries=15, meta_batch=32, inner_lr=0.4,
+                      inner_steps=1, eval_inner_steps=3, lr=0.001)
+#: The papers' settings per (algo, dataset); ``steps`` is sized for a CPU, not the papers' 60k.
+RECIPES: dict[tuple[str, str], dict[str, Any]] = {
+    ("maml", "omniglot"): _MAML_OMNIGLOT,             # Finn et al. 2017
+    ("fomaml", "omniglot"): _MAML_OMNIGLOT,
+    ("anil", "omniglot"): _MAML_OMNIGLOT,             # Raghu et al. 2020
+    ("metasgd", "omniglot"): _MAML_OMNIGLOT,          # Li et al. 2017: step sizes start at alpha
+    ("reptile", "omniglot"): dict(net="conv4-strided", ways=5, shots=1, queries=15, meta_batch=5,
+                                  inner_lr=0.05, inner_steps=5, eval_inner_steps=50, lr=0.001),
+    ("protonet", "omniglot"): dict(net="conv4-pool", ways=5, shots=1, queries=15, train_ways=60,
+                                   train_queries=5, meta_batch=1, lr=0.001, inner_steps=0),  # Snell et al. 2017
+}
+_MAML_SINUSOID = dict(net="mlp", norm="none", ways=1, shots=10, queries=10, meta_batch=25, inner_lr=0.01,
+                      inner_steps=1, eval_inner_steps=10, lr=0.001, steps=20000, vectorize=True,
+                      val_every=1000, val_episodes=100, checkpoint_every=1000, log_every=100)
+for _algo in ("maml", "fomaml", "anil", "metasgd"):
+    RECIPES[(_algo, "sinusoid")] = _MAML_SINUSOID
+RECIPES[("reptile", "sinusoid")] = {**_MAML_SINUSOID, "inner_steps": 5, "inner_lr": 0.02, "meta_batch": 5,
+                                    "vectorize": False}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file, with each key and value type checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of option: value")
+    check_types(data, source=str(path))
+    return data
+
+
+def check_types(values: dict[str, Any], source: str) -> None:
+    """Raise ``ValueError`` for a key :class:`RunConfig` lacks or a value of the wrong type."""
+    hints = get_type_hints(RunConfig)
+    for key, value in values.items():
+        if key not in hints:
+            raise ValueError(f"{source}: unknown option {key!r}; valid options: {', '.join(hints)}")
+        if value is None:
+            if "None" not in str(hints[key]):
+                raise ValueError(f"{source}: option {key!r} cannot be empty")
+            continue
+        expected = _base_type(hints[key])
+        ok = (isinstance(value, expected) and not (expected is int and isinstance(value, bool))) or \
+            (expected is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise ValueError(f"{source}: option {key!r} must be {expected.__name__}, got {value!r}")
+
+
+def _base_type(hint: Any) -> type:
+    if getattr(hint, "__origin__", None) is list:
+        return list
+    for t in (bool, int, float, str, list):
+        if hint is t or t in getattr(hint, "__args__", ()):
+            return t
+    raise TypeError(hint)
+
+
+def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> RunConfig:
+    """Defaults < recipe < file < flags, validated."""
+    merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
+    algo = merged.get("algo", RunConfig.algo)
+    dataset = merged.get("dataset", RunConfig.dataset)
+    base: dict[str, Any] = {"algo": algo, "dataset": dataset}
+    if dataset == "sinusoid":
+        base["split"] = "sinusoid"
+    base.update(RECIPES.get((algo, dataset), {}))
+    base.update(merged)
+    check_types(base, source="options")
+    return RunConfig(**base).validate()

@@ -1,0 +1,93 @@
+"""The learner protocol: a mapping from a support set to a predictor.
+
+Every learner answers three verbs::
+
+    adapted = learner.adapt(support_x, support_y)   # task-specific state
+    outputs = learner.predict(adapted, query_x)      # logits [N*Q, N] or values [N*Q, 1]
+    loss, metrics = learner.meta_loss(task_batch)    # adapt + predict + loss over a task batch
+
+and ``meta_backward(task_batch)``, which leaves the meta-gradient in ``.grad`` of the
+learner's parameters (a backward per task by default: the peak memory of one task).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fewshot.tasks.episode import Episode, TaskBatch
+
+Task = Literal["classification", "regression"]
+
+
+def task_loss(outputs: torch.Tensor, targets: torch.Tensor, task: Task) -> torch.Tensor:
+    """Cross-entropy of logits ``[n, N]`` against labels ``[n]``, or MSE of ``[n, d]`` against ``[n, d]``."""
+    return F.cross_entropy(outputs, targets) if task == "classification" else F.mse_loss(outputs, targets)
+
+
+def task_metric(outputs: torch.Tensor, targets: torch.Tensor, task: Task) -> float:
+    """Accuracy (classification) or mean squared error (regression) of one episode."""
+    with torch.no_grad():
+        if task == "classification":
+            return float((outputs.argmax(dim=-1) == targets).float().mean())
+        return float(F.mse_loss(outputs, targets))
+
+
+def metric_name(task: Task) -> str:
+    return "accuracy" if task == "classification" else "mse"
+
+
+class Learner(nn.Module):
+    """Base class: subclasses implement :meth:`adapt` and :meth:`predict`."""
+
+    task: Task = "classification"
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Any:
+        """Task-specific state from a support set ``[N*K, ...]``, ``[N*K]``.
+
+        ``steps`` overrides the number of inner steps of learners that take steps.
+        """
+        raise NotImplementedError
+
+    def predict(self, adapted: Any, query_x: torch.Tensor) -> torch.Tensor:
+        """Outputs for ``query_x [N*Q, ...]``: logits ``[N*Q, N]`` or values ``[N*Q, d]``."""
+        raise NotImplementedError
+
+    def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
+        """Adapt on the support set, then the query loss and metric of one episode."""
+        adapted = self.adapt(episode.support_x, episode.support_y)
+        outputs = self.predict(adapted, episode.query_x)
+        loss = task_loss(outputs, episode.query_y, self.task)
+        return loss, {"loss": float(loss.detach()), metric_name(self.task): task_metric(outputs, episode.query_y, self.task)}
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean query loss over the task batch (differentiable) and mean metrics."""
+        losses, metrics = [], []
+        for episode in batch:
+            loss, m = self.episode_loss(episode)
+            losses.append(loss)
+            metrics.append(m)
+        return torch.stack(losses).mean(), mean_metrics(metrics)
+
+    def meta_backward(self, batch: TaskBatch) -> dict[str, float]:
+        """Accumulate the gradient of :meth:`meta_loss` into ``.grad``, one task at a time."""
+        metrics = []
+        for episode in batch:
+            loss, m = self.episode_loss(episode)
+            (loss / batch.num_tasks).backward()
+            metrics.append(m)
+        return mean_metrics(metrics)
+
+    @torch.no_grad()
+    def evaluate_episode(self, episode: Episode, steps: int | None = None) -> float:
+        """The query metric after adapting to the support set (no meta-gradient is built)."""
+        adapted = self.adapt(episode.support_x, episode.support_y, steps=steps)
+        return task_metric(self.predict(adapted, episode.query_x), episode.query_y, self.task)
+
+
+def mean_metrics(metrics: list[dict[str, float]]) -> dict[str, float]:
+    """Key-wise mean of a list of metric dicts."""
+    return {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}

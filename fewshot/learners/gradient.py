@@ -1,0 +1,149 @@
+"""Gradient-based meta-learners: MAML, first-order MAML, ANIL, Meta-SGD and Reptile.
+
+All five share one functional inner loop on ``torch.func``: the model's parameters are a
+dict, the support loss is differentiated with ``torch.func.grad`` through
+``functional_call``, and the fast weights are ``theta - alpha * grad``. Any unmodified
+``nn.Module`` works. Second order (MAML, Meta-SGD) keeps the inner gradient in the
+graph, so the outer loss is differentiated through the inner steps:
+``sum_i L_i(theta - alpha * grad L_i(theta))``. First order (FOMAML, Reptile) detaches it.
+
+BatchNorm: with the library's nets (``track_running_stats=False``) every forward pass
+uses the statistics of the batch it is given, i.e. of one task's support set while
+adapting and of its query set when predicting (the MAML paper's transductive setting).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from fewshot.learners.base import Learner, Task, mean_metrics, metric_name, task_loss, task_metric
+from fewshot.tasks.episode import TaskBatch
+
+Params = dict[str, torch.Tensor]
+
+
+class GradientLearner(Learner):
+    """The MAML family behind one inner loop.
+
+    Args:
+        model: any ``nn.Module`` mapping inputs to logits or values.
+        inner_lr: the inner step size alpha (the initial value when ``learn_inner_lr``).
+        inner_steps: inner gradient steps during meta-training (``adapt(steps=)`` overrides).
+        first_order: drop the second-order terms (FOMAML).
+        head_only: adapt only the parameters of the submodule named ``head`` (ANIL).
+        learn_inner_lr: a learned step size per parameter entry (Meta-SGD).
+        task: ``"classification"`` (cross-entropy, accuracy) or ``"regression"`` (MSE).
+        vectorize: run the tasks of a meta-batch through ``torch.func.vmap`` in one call
+            instead of a loop with a backward per task. Exact for networks without
+            ``nn.BatchNorm``; refused with BatchNorm and second order, where vmap's
+            batching rule gives wrong meta-gradients (torch 2.13).
+    """
+
+    def __init__(self, model: nn.Module, inner_lr: float, inner_steps: int, first_order: bool = False,
+                 head_only: bool = False, learn_inner_lr: bool = False, task: Task = "classification",
+                 vectorize: bool = False):
+        super().__init__()
+        if not inner_lr > 0:
+            raise ValueError(f"inner_lr must be > 0, got {inner_lr}")
+        if not isinstance(inner_steps, int) or inner_steps < 0:
+            raise ValueError(f"inner_steps must be an integer >= 0, got {inner_steps!r}")
+        self.model, self.inner_lr, self.inner_steps = model, inner_lr, inner_steps
+        self.first_order, self.task, self.vectorize = first_order, task, vectorize
+        names = [n for n, _ in model.named_parameters()]
+        self.adapt_names = [n for n in names if n.startswith("head.")] if head_only else names
+        if not self.adapt_names:
+            raise ValueError("head-only adaptation (ANIL) needs a submodule named 'head' in the model")
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if vectorize and has_bn and not first_order:
+            raise ValueError("vectorize=True with nn.BatchNorm and second order gives wrong meta-gradients "
+                             "(torch.func.vmap); use the task loop (vectorize=False) or first_order=True")
+        params = dict(model.named_parameters())
+        self.inner_lrs = nn.ParameterList(
+            [nn.Parameter(torch.full_like(params[n].detach(), inner_lr)) for n in self.adapt_names]
+        ) if learn_inner_lr else None
+
+    # -- the inner loop --------------------------------------------------------------------
+    def _forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, {**params, **dict(self.model.named_buffers())}, (x,))
+
+    def _support_loss(self, fast: Params, fixed: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return task_loss(self._forward({**fixed, **fast}, x), y, self.task)
+
+    def _inner_loop(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
+        """Fast weights after ``steps`` gradient steps on the support set ``x, y``."""
+        second_order = torch.is_grad_enabled() and not self.first_order
+        fast = {n: params[n] for n in self.adapt_names}
+        fixed = {n: p for n, p in params.items() if n not in fast}
+        lrs = (list(self.inner_lrs) if self.inner_lrs is not None
+               else [self.inner_lr] * len(self.adapt_names))
+        for _ in range(steps):
+            if second_order:
+                grads = grad(self._support_loss)(fast, fixed, x, y)
+            else:
+                grads = grad(self._support_loss)(_detached(fast), _detached(fixed), x, y)
+                grads = _detached(grads)
+            fast = {n: fast[n] - lr * grads[n] for n, lr in zip(self.adapt_names, lrs)}
+        return {**fixed, **fast}
+
+    # -- the protocol ----------------------------------------------------------------------
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Params:
+        """Fast weights (a full parameter dict) adapted to the support set."""
+        steps = self.inner_steps if steps is None else steps
+        return self._inner_loop(dict(self.model.named_parameters()), support_x, support_y, steps)
+
+    def predict(self, adapted: Params, query_x: torch.Tensor) -> torch.Tensor:
+        return self._forward(adapted, query_x)
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        if not self.vectorize:
+            return super().meta_loss(batch)
+        params = dict(self.model.named_parameters())
+
+        def one_task(sx, sy, qx):
+            return self._forward(self._inner_loop(params, sx, sy, self.inner_steps), qx)
+
+        outputs = vmap(one_task, randomness="error")(batch.support_x, batch.support_y, batch.query_x)
+        losses = torch.stack([task_loss(o, y, self.task) for o, y in zip(outputs, batch.query_y)])
+        metrics = [{"loss": float(l), metric_name(self.task): task_metric(o, y, self.task)}
+                   for l, o, y in zip(losses, outputs, batch.query_y)]
+        return losses.mean(), mean_metrics(metrics)
+
+    def meta_backward(self, batch: TaskBatch) -> dict[str, float]:
+        if not self.vectorize:
+            return super().meta_backward(batch)
+        loss, metrics = self.meta_loss(batch)
+        loss.backward()
+        return metrics
+
+
+class Reptile(GradientLearner):
+    """Reptile (Nichol et al. 2018): a first-order inner loop; the meta-gradient of a task
+    batch is ``theta - mean_i theta'_i``, so an SGD outer step of size epsilon is
+    ``theta <- theta + epsilon * (mean_i theta'_i - theta)`` (Adam uses it as its gradient).
+    The inner loop adapts on the support set; the query set is only scored."""
+
+    def __init__(self, model: nn.Module, inner_lr: float, inner_steps: int, task: Task = "classification"):
+        super().__init__(model, inner_lr, inner_steps, first_order=True, task=task)
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError("Reptile has no differentiable meta-loss; use meta_backward")
+
+    def meta_backward(self, batch: TaskBatch) -> dict[str, float]:
+        params = dict(self.model.named_parameters())
+        metrics = []
+        for episode in batch:
+            with torch.no_grad():
+                fast = self.adapt(episode.support_x, episode.support_y)
+                outputs = self.predict(fast, episode.query_x)
+                metrics.append({"loss": float(task_loss(outputs, episode.query_y, self.task)),
+                                metric_name(self.task): task_metric(outputs, episode.query_y, self.task)})
+                for n in self.adapt_names:
+                    step = (params[n] - fast[n]) / batch.num_tasks
+                    params[n].grad = step if params[n].grad is None else params[n].grad + step
+        return mean_metrics(metrics)
+
+
+def _detached(params: Params) -> Params:
+    return {n: p.detach() for n, p in params.items()}

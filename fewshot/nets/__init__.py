@@ -1,0 +1,6 @@
+"""Feature mapping: backbones that embed inputs."""
+
+from fewshot.nets.conv4 import Conv4
+from fewshot.nets.mlp import MLP
+
+__all__ = ["Conv4", "MLP"]

@@ -1,0 +1,77 @@
+"""Episodes and task batches: the data a learner consumes.
+
+An episode is one few-shot task: a support set to adapt on and a query set to be
+scored on. A task batch stacks ``T`` episodes of identical shapes on a leading task
+axis, so learners can process a meta-batch in one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One task.
+
+    Attributes:
+        support_x: ``[N*K, ...]`` support inputs.
+        support_y: ``[N*K]`` support targets: class ids remapped to ``0..N-1`` (int64)
+            for classification, values ``[N*K, 1]`` for regression.
+        query_x: ``[N*Q, ...]`` query inputs.
+        query_y: ``[N*Q]`` (or ``[N*Q, 1]``) query targets, same convention.
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "Episode":
+        return Episode(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """``T`` episodes stacked on a leading task axis.
+
+    Attributes:
+        support_x: ``[T, N*K, ...]``; support_y: ``[T, N*K]`` (or ``[T, N*K, 1]``).
+        query_x: ``[T, N*Q, ...]``; query_y: ``[T, N*Q]`` (or ``[T, N*Q, 1]``).
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.support_x.shape[0])
+
+    def __getitem__(self, t: int) -> Episode:
+        return Episode(self.support_x[t], self.support_y[t], self.query_x[t], self.query_y[t])
+
+    def __iter__(self):
+        return (self[t] for t in range(self.num_tasks))
+
+    def split(self, parts: int, index: int) -> "TaskBatch":
+        """The ``index``-th of ``parts`` contiguous slices of the task axis."""
+        per = self.num_tasks // parts
+        if per * parts != self.num_tasks:
+            raise ValueError(f"cannot split {self.num_tasks} tasks into {parts} equal parts")
+        sl = slice(index * per, (index + 1) * per)
+        return TaskBatch(self.support_x[sl], self.support_y[sl], self.query_x[sl], self.query_y[sl])
+
+    def to(self, device: torch.device | str) -> "TaskBatch":
+        return TaskBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+
+def stack_episodes(episodes: Sequence[Episode]) -> TaskBatch:
+    """Stack episodes of identical shapes into a :class:`TaskBatch` (a ``DataLoader`` ``collate_fn``)."""
+    if not episodes:
+        raise ValueError("cannot stack an empty list of episodes")
+    return TaskBatch(*(torch.stack([getattr(e, f.name) for e in episodes]) for f in fields(Episode)))

@@ -1,0 +1,84 @@
+"""N-way K-shot Q-query episodes over any labelled dataset.
+
+:class:`ClassificationTasks` is a map-style ``torch.utils.data.Dataset``: item ``i`` is
+episode ``i``, drawn from a generator seeded by ``(seed, i)``, so it plugs into a plain
+``DataLoader`` (with workers, with ``collate_fn=stack_episodes``) and every process sees
+the same episodes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from fewshot.datasets.labelled import LabelledData
+from fewshot.tasks.episode import Episode
+from fewshot.tasks.seeding import generator
+
+
+class ClassificationTasks(Dataset):
+    """Episodes of ``ways`` classes with ``shots`` support and ``queries`` query examples each.
+
+    Support and query are ordered class by class; labels are the classes' positions in
+    a random order, i.e. remapped to ``0..ways-1``. Inputs stored as ``uint8`` are
+    returned as ``float32`` in ``[0, 1]``.
+
+    Args:
+        data: the examples to draw from (only its classes are ever used).
+        ways, shots, queries: N, K and Q.
+        seed: the stream's seed; episode ``i`` depends only on ``(seed, i)``.
+        num_episodes: the dataset's length (episodes are drawn lazily).
+    """
+
+    kind = "classification"
+
+    def __init__(self, data: LabelledData, ways: int, shots: int, queries: int, seed: int = 0,
+                 num_episodes: int = 10**9):
+        for name, value, low in (("ways", ways, 2), ("shots", shots, 1), ("queries", queries, 1),
+                                 ("num_episodes", num_episodes, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        counts = torch.bincount(data.y, minlength=data.num_classes)
+        need = shots + queries
+        eligible = torch.nonzero(counts >= need).flatten()
+        if ways > data.num_classes:
+            raise ValueError(f"ways={ways} exceeds the {data.num_classes} classes of this split; "
+                             f"ask for at most {data.num_classes} ways")
+        if len(eligible) < ways:
+            raise ValueError(f"shots + queries = {shots} + {queries} = {need} exceed the examples of a class: "
+                             f"only {len(eligible)} classes have {need} or more (the largest has "
+                             f"{int(counts.max())}); lower shots or queries")
+        self.data, self.ways, self.shots, self.queries = data, ways, shots, queries
+        self.seed, self.num_episodes = seed, num_episodes
+        self.eligible = eligible
+        order = torch.argsort(data.y, stable=True)
+        self._offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
+        self._by_class = order
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+    def __getitem__(self, index: int) -> Episode:
+        if not 0 <= index < self.num_episodes:
+            raise IndexError(f"episode {index} out of range 0..{self.num_episodes - 1}")
+        g = generator(self.seed, index)
+        classes = self.eligible[torch.randperm(len(self.eligible), generator=g)[: self.ways]]
+        need = self.shots + self.queries
+        picks = []
+        for c in classes.tolist():
+            start, stop = int(self._offsets[c]), int(self._offsets[c + 1])
+            picks.append(self._by_class[start + torch.randperm(stop - start, generator=g)[:need]])
+        picks = torch.stack(picks)                                  # [N, K+Q] example indices
+        labels = torch.arange(self.ways).unsqueeze(1).expand(-1, need)
+        support, query = picks[:, : self.shots].reshape(-1), picks[:, self.shots:].reshape(-1)
+        return Episode(self._inputs(support), labels[:, : self.shots].reshape(-1),
+                       self._inputs(query), labels[:, self.shots:].reshape(-1))
+
+    def episode_classes(self, index: int) -> list[int]:
+        """The dataset class ids of episode ``index``, in label order (label j is class ``[j]``)."""
+        g = generator(self.seed, index)
+        return self.eligible[torch.randperm(len(self.eligible), generator=g)[: self.ways]].tolist()
+
+    def _inputs(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.data.x[idx]
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x

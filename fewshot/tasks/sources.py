@@ -1,0 +1,111 @@
+"""Task sources of a run: which data its training, validation and test episodes come from.
+
+Omniglot's Lake splits (``background``, ``evaluation``) are divided by alphabet: a fixed
+set of alphabets (drawn once with a constant seed, the same for every run) is held out
+for validation and another for testing; the run's config records both lists. The
+Vinyals split ``vinyals-train`` validates on ``vinyals-val`` and tests on ``vinyals-test``.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+from torch.utils.data import Dataset
+
+from fewshot.config import RunConfig
+from fewshot.datasets.labelled import LabelledData
+from fewshot.datasets.omniglot import list_alphabets, load_omniglot
+from fewshot.tasks.sampler import ClassificationTasks
+from fewshot.tasks.seeding import derive_seed
+from fewshot.tasks.sinusoid import SinusoidTasks
+
+Part = Literal["train", "val", "test"]
+LAKE_SPLITS = ("background", "evaluation")
+VINYALS_PARTS = {"train": "vinyals-train", "val": "vinyals-val", "test": "vinyals-test"}
+HOLDOUT_SEED = 0
+
+
+def assign_holdout(config: RunConfig) -> RunConfig:
+    """Fill in ``val_alphabets`` and ``test_alphabets`` of a Lake split if they are empty."""
+    if config.dataset != "omniglot" or config.split not in LAKE_SPLITS or config.test_alphabets:
+        return config
+    alphabets = list_alphabets(config.split, config.data_root)
+    if config.holdout_val + config.holdout_test >= len(alphabets):
+        raise ValueError(f"holding out {config.holdout_val} + {config.holdout_test} alphabets leaves none of "
+                         f"the {len(alphabets)} alphabets of {config.split} for training")
+    shuffled = random.Random(HOLDOUT_SEED).sample(alphabets, len(alphabets))
+    config.test_alphabets = sorted(shuffled[: config.holdout_test])
+    config.val_alphabets = sorted(shuffled[config.holdout_test: config.holdout_test + config.holdout_val])
+    return config
+
+
+def omniglot_part(config: RunConfig, part: Part, data_root: str | None = None) -> LabelledData:
+    """The classes of one part of the run's training split."""
+    root = data_root or config.data_root
+    if config.split.startswith("vinyals"):
+        return load_omniglot(VINYALS_PARTS[part], root, config.image_size, config.rotations)
+    held = {"val": config.val_alphabets, "test": config.test_alphabets}
+    if part != "train":
+        if not held[part]:
+            raise ValueError(f"this run holds out no {part} alphabets")
+        return load_omniglot(config.split, root, config.image_size, config.rotations, alphabets=held[part])
+    excluded = set(config.val_alphabets) | set(config.test_alphabets)
+    keep = [a for a in list_alphabets(config.split, root) if a not in excluded]
+    return load_omniglot(config.split, root, config.image_size, config.rotations, alphabets=keep)
+
+
+def character(class_name: str) -> str:
+    """``"Alphabet/characterNN"`` of a class name (rotations of one character are one character)."""
+    return "/".join(class_name.split("/")[:2])
+
+
+def eval_data(config: RunConfig, split: str | None, data_root: str | None) -> tuple[str, LabelledData]:
+    """The data ``fewshot eval --split`` names, checked to share no character with training.
+
+    ``None``, ``"test"`` or the run's own training split: its held-out test part;
+    ``"val"``: its validation part; any other Omniglot split: that whole split.
+    """
+    if split in (None, "test", config.split):
+        name, data = f"{config.split}:test", omniglot_part(config, "test", data_root)
+    elif split == "val":
+        name, data = f"{config.split}:val", omniglot_part(config, "val", data_root)
+    else:
+        name, data = split, load_omniglot(split, data_root or config.data_root, config.image_size,
+                                          config.rotations)
+        seen = {character(c) for c in omniglot_part(config, "train", data_root).class_names}
+        overlap = seen & {character(c) for c in data.class_names}
+        if overlap:
+            raise ValueError(f"split {split!r} shares {len(overlap)} characters with this run's training "
+                             f"classes (e.g. {sorted(overlap)[0]}); evaluate on held-out classes "
+                             "(the default, or --split val) or on a split disjoint from training")
+    return name, data
+
+
+def train_tasks(config: RunConfig) -> Dataset:
+    """The run's stream of training episodes (seeded by the run's seed)."""
+    seed = derive_seed(config.seed, 0)
+    ways = config.train_ways or config.ways
+    queries = config.train_queries or config.queries
+    if config.dataset == "sinusoid":
+        return SinusoidTasks(config.shots, queries, seed=seed)
+    return ClassificationTasks(omniglot_part(config, "train"), ways, config.shots, queries, seed=seed)
+
+
+def val_tasks(config: RunConfig) -> Dataset:
+    """Validation episodes: the run's ways, shots and queries, on held-out classes."""
+    seed = derive_seed(config.seed, 1)
+    if config.dataset == "sinusoid":
+        return SinusoidTasks(config.shots, config.queries, seed=seed)
+    return ClassificationTasks(omniglot_part(config, "val"), config.ways, config.shots, config.queries, seed=seed)
+
+
+def test_tasks(config: RunConfig, split: str | None = None, data_root: str | None = None, *,
+               ways: int | None = None, shots: int | None = None, queries: int | None = None,
+               seed: int = 0) -> tuple[str, Dataset]:
+    """The evaluation episodes (name of the data, task source); ``seed`` fixes the episodes."""
+    ways, shots, queries = ways or config.ways, shots or config.shots, queries or config.queries
+    if config.dataset == "sinusoid":
+        return "sinusoid", SinusoidTasks(shots, queries, seed=seed)
+    name, data = eval_data(config, split, data_root)
+    return name, ClassificationTasks(data, ways, shots, queries, seed=seed)
