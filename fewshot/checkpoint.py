@@ -1,10 +1,12 @@
 """Checkpoints without pickle: tensors in safetensors, everything else in JSON.
 
-A checkpoint ``NAME`` is two files in one directory: ``NAME.safetensors`` (model and
-optimizer tensors) and ``NAME.json`` (counters, optimizer hyper-parameters, RNG state
-and the SHA-256 of the tensor file). Each file is written to a temporary name, fsynced
-and renamed, tensors first, so a crash or a full disk leaves the previous checkpoint
-whole; loading verifies the hash, so a tampered, truncated or mismatched tensor file is
+A checkpoint ``NAME`` is two files in one directory: ``NAME-<hash>.safetensors`` (model
+and optimizer tensors, named by the first 16 hex digits of their SHA-256) and
+``NAME.json`` (counters, optimizer hyper-parameters, the tensor file's name and full
+SHA-256). Each file is written to a temporary name, fsynced and renamed; the JSON is
+renamed last and is the single commit point, after which the previous tensor file is
+deleted. A crash or a full disk at any moment therefore leaves the previous checkpoint
+whole. Loading verifies the hash, so a tampered, truncated or mismatched tensor file is
 refused with a message naming it.
 """
 
@@ -68,24 +70,49 @@ def save_checkpoint(directory: Path, name: str, model: torch.nn.Module, optimize
     tensors.update(opt_tensors)
     tensors["rng/torch"] = torch.get_rng_state()
     blob = save_tensors(tensors)
-    meta = {"format": "fewshot-checkpoint-1", "tensors_sha256": hashlib.sha256(blob).hexdigest(),
+    digest = hashlib.sha256(blob).hexdigest()
+    tensor_file = f"{name}-{digest[:16]}.safetensors"
+    meta = {"format": "fewshot-checkpoint-1", "tensors": tensor_file, "tensors_sha256": digest,
             "optimizer": opt_plain, "state": state}
-    atomic_write(directory / f"{name}.safetensors", blob)
+    atomic_write(directory / tensor_file, blob)
     atomic_write(directory / f"{name}.json", json.dumps(meta, indent=1).encode())
+    for stale in directory.glob(f"{name}-*.safetensors"):   # the previous version, or one a crash orphaned
+        if stale.name != tensor_file:
+            stale.unlink(missing_ok=True)
+
+
+def tensor_path(directory: Path, name: str) -> Path:
+    """The tensor file of checkpoint ``name`` (as its JSON names it)."""
+    file = _tensor_file(Path(directory) / f"{name}.json")
+    if file is None:
+        raise FileNotFoundError(f"no readable checkpoint {Path(directory) / name}.json")
+    return Path(directory) / file
+
+
+def _tensor_file(meta_path: Path) -> str | None:
+    """The tensor file an existing checkpoint's JSON names (None if there is no readable one)."""
+    try:
+        name = json.loads(meta_path.read_text()).get("tensors")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and "/" not in name and "\\" not in name else None
 
 
 def read_checkpoint(directory: Path, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The verified tensors and JSON metadata of checkpoint ``name``."""
-    meta_path, tensor_path = directory / f"{name}.json", directory / f"{name}.safetensors"
-    for p in (meta_path, tensor_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"checkpoint file {p} is missing; is {directory.parent} a fewshot run directory?")
+    meta_path = directory / f"{name}.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"checkpoint file {meta_path} is missing; is {directory.parent} a fewshot run directory?")
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"checkpoint file {meta_path} is corrupt ({e}); delete the run or restore it") from None
-    if not isinstance(meta, dict) or meta.get("format") != "fewshot-checkpoint-1":
+    if not isinstance(meta, dict) or meta.get("format") != "fewshot-checkpoint-1" or _tensor_file(meta_path) is None:
         raise CheckpointError(f"checkpoint file {meta_path} is not a fewshot checkpoint")
+    tensor_path = directory / meta["tensors"]
+    if not tensor_path.is_file():
+        raise FileNotFoundError(f"checkpoint file {tensor_path} (named by {meta_path.name}) is missing; "
+                                "the run directory is incomplete")
     blob = tensor_path.read_bytes()
     if hashlib.sha256(blob).hexdigest() != meta.get("tensors_sha256"):
         raise CheckpointError(f"checkpoint file {tensor_path} does not match {meta_path.name} (truncated, "

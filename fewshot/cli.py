@@ -17,6 +17,13 @@ from fewshot.config import ALGOS, DATASETS, load_yaml
 EXIT_BAD_INPUT = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (and exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -52,8 +59,8 @@ def _episode_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fewshot", description="Meta-learning on PyTorch.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="fewshot", description="Meta-learning on PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="meta-train a learner (resumes an existing --out run)")
     train.add_argument("--config", help="YAML file of options (flags override it)")
@@ -149,9 +156,10 @@ def _download(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fewshot`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    from fewshot.checkpoint import CheckpointError  # noqa: F401  (a ValueError)
-
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
     try:
         {"train": _train, "eval": _eval, "download": _download}[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:

@@ -71,13 +71,19 @@ class RunConfig:
         for name in ("train_ways", "train_queries"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.inner_steps < 0 or (self.eval_inner_steps is not None and self.eval_inner_steps < 0):
-            raise ValueError(f"inner steps must be >= 0, got {self.inner_steps}")
+        for name in ("inner_steps", "eval_inner_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        shared = sorted(set(self.val_alphabets) & set(self.test_alphabets))
+        if shared:
+            raise ValueError(f"val_alphabets and test_alphabets share {shared}; hold out each alphabet once")
         for name in ("inner_lr", "lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}; pass a positive learning rate")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit must be > 0 seconds, got {self.time_limit}")
+        if self.dataset == "sinusoid" and self.algo == "protonet":
+            raise ValueError("protonet is a classifier; sinusoid is regression: choose a gradient-based algo")
         if self.net not in ("conv4-pool", "conv4-strided", "mlp"):
             raise ValueError(f"unknown net {self.net!r}; choose conv4-pool, conv4-strided or mlp")
         if (self.net == "mlp") != (self.dataset == "sinusoid"):
@@ -85,8 +91,6 @@ class RunConfig:
                              "use mlp for sinusoid and a conv4 net for omniglot")
         if self.norm not in ("batch", "none"):
             raise ValueError(f"unknown norm {self.norm!r}; choose batch or none")
-        if self.dataset == "sinusoid" and self.algo == "protonet":
-            raise ValueError("protonet is a classifier; sinusoid is regression: choose a gradient-based algo")
         return self
 
     @property
@@ -98,7 +102,7 @@ class RunConfig:
 
 
 _MAML_OMNIGLOT = dict(net="conv4-strided", ways=5, shots=1, queries=15, meta_batch=32, inner_lr=0.4,
-                      inner_steps=1, eval_inner_steps=3, lr=0.001)
+                      inner_steps=1, eval_inner_steps=3, lr=0.001, steps=3000)
 #: The papers' settings per (algo, dataset); ``steps`` is sized for a CPU, not the papers' 60k.
 RECIPES: dict[tuple[str, str], dict[str, Any]] = {
     ("maml", "omniglot"): _MAML_OMNIGLOT,             # Finn et al. 2017
@@ -108,15 +112,14 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
     ("reptile", "omniglot"): dict(net="conv4-strided", ways=5, shots=1, queries=15, meta_batch=5,
                                   inner_lr=0.05, inner_steps=5, eval_inner_steps=50, lr=0.001),
     ("protonet", "omniglot"): dict(net="conv4-pool", ways=5, shots=1, queries=15, train_ways=60,
-                                   train_queries=5, meta_batch=1, lr=0.001, inner_steps=0),  # Snell et al. 2017
+                                   train_queries=5, meta_batch=1, lr=0.001, inner_steps=0, steps=1500),  # Snell et al. 2017
 }
 _MAML_SINUSOID = dict(net="mlp", norm="none", ways=1, shots=10, queries=10, meta_batch=25, inner_lr=0.01,
-                      inner_steps=1, eval_inner_steps=10, lr=0.001, steps=20000, vectorize=True,
+                      inner_steps=1, eval_inner_steps=10, lr=0.001, steps=40000,
                       val_every=1000, val_episodes=100, checkpoint_every=1000, log_every=100)
 for _algo in ("maml", "fomaml", "anil", "metasgd"):
     RECIPES[(_algo, "sinusoid")] = _MAML_SINUSOID
-RECIPES[("reptile", "sinusoid")] = {**_MAML_SINUSOID, "inner_steps": 5, "inner_lr": 0.02, "meta_batch": 5,
-                                    "vectorize": False}
+RECIPES[("reptile", "sinusoid")] = {**_MAML_SINUSOID, "inner_steps": 5, "inner_lr": 0.02, "meta_batch": 5}
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

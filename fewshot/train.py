@@ -73,7 +73,7 @@ def load_learner(run_dir: Path, checkpoint: str = "best") -> tuple[Learner, RunC
     ckpt_dir = run_dir / "checkpoints"
     name = checkpoint if (ckpt_dir / f"{checkpoint}.json").is_file() else "last"
     tensors, _ = read_checkpoint(ckpt_dir, name)
-    load_model(learner, tensors, ckpt_dir / f"{name}.safetensors")
+    load_model(learner, tensors, ckpt_dir / f"{name}.json")
     return learner, config
 
 
@@ -111,7 +111,7 @@ class Trainer:
         torch.manual_seed(self.config.seed)
         self.learner = build_learner(self.config)
         self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=self.config.lr)
-        self.step, self.best_val = 0, None
+        self.step, self.best_val, self._saved_step = 0, None, None
         if (self.ckpt_dir / "last.json").is_file():
             self._restore()
         self.train_tasks = train_tasks(self.config)
@@ -119,12 +119,15 @@ class Trainer:
 
     def _restore(self) -> None:
         tensors, meta = read_checkpoint(self.ckpt_dir, "last")
-        load_model(self.learner, tensors, self.ckpt_dir / "last.safetensors")
+        load_model(self.learner, tensors, self.ckpt_dir / "last.json")
         load_optimizer(self.optimizer, tensors, meta)
         torch.set_rng_state(tensors["rng/torch"])
         self.step, self.best_val = meta["state"]["step"], meta["state"]["best_val"]
+        self._saved_step = self.step
 
     def _save(self, name: str) -> None:
+        if name == "last":
+            self._saved_step = self.step
         save_checkpoint(self.ckpt_dir, name, self.learner, self.optimizer,
                         {"step": self.step, "best_val": self.best_val})
 
@@ -189,9 +192,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         metrics = self.learner.meta_backward(batch)
         if not math.isfinite(metrics["loss"]):
+            kept = (f"the last good checkpoint (step {self._saved_step}) is kept in {self.ckpt_dir}"
+                    if self._saved_step is not None else "no checkpoint had been written yet")
             raise FloatingPointError(f"the meta-loss became {metrics['loss']} at step {self.step + 1}; training "
-                                     f"stopped, the last good checkpoint is kept in {self.ckpt_dir}; "
-                                     "lower --lr or --inner-lr and resume")
+                                     f"stopped and {kept}; lower --lr or --inner-lr and train again")
         self.optimizer.step()
         return metrics
 

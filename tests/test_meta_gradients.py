@@ -91,7 +91,7 @@ def test_maml_meta_gradient_matches_finite_differences():
 
     def meta_loss(vector: torch.Tensor) -> float:
         torch.nn.utils.vector_to_parameters(vector, net.parameters())
-        return float(learner.meta_loss(batch)[0])
+        return float(learner.meta_loss(batch)[0].detach())
 
     eps = 1e-6
     numeric = torch.zeros_like(flat)

@@ -106,7 +106,7 @@ class GradientLearner(Learner):
 
         outputs = vmap(one_task, randomness="error")(batch.support_x, batch.support_y, batch.query_x)
         losses = torch.stack([task_loss(o, y, self.task) for o, y in zip(outputs, batch.query_y)])
-        metrics = [{"loss": float(l), metric_name(self.task): task_metric(o, y, self.task)}
+        metrics = [{"loss": float(l.detach()), metric_name(self.task): task_metric(o, y, self.task)}
                    for l, o, y in zip(losses, outputs, batch.query_y)]
         return losses.mean(), mean_metrics(metrics)
 

@@ -62,10 +62,10 @@ class ClassificationTasks(Dataset):
         if not 0 <= index < self.num_episodes:
             raise IndexError(f"episode {index} out of range 0..{self.num_episodes - 1}")
         g = generator(self.seed, index)
-        classes = self.eligible[torch.randperm(len(self.eligible), generator=g)[: self.ways]]
+        classes = self._draw_classes(g)
         need = self.shots + self.queries
         picks = []
-        for c in classes.tolist():
+        for c in classes:
             start, stop = int(self._offsets[c]), int(self._offsets[c + 1])
             picks.append(self._by_class[start + torch.randperm(stop - start, generator=g)[:need]])
         picks = torch.stack(picks)                                  # [N, K+Q] example indices
@@ -76,7 +76,9 @@ class ClassificationTasks(Dataset):
 
     def episode_classes(self, index: int) -> list[int]:
         """The dataset class ids of episode ``index``, in label order (label j is class ``[j]``)."""
-        g = generator(self.seed, index)
+        return self._draw_classes(generator(self.seed, index))
+
+    def _draw_classes(self, g: torch.Generator) -> list[int]:
         return self.eligible[torch.randperm(len(self.eligible), generator=g)[: self.ways]].tolist()
 
     def _inputs(self, idx: torch.Tensor) -> torch.Tensor:

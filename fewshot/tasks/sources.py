@@ -28,16 +28,22 @@ HOLDOUT_SEED = 0
 
 def assign_holdout(config: RunConfig) -> RunConfig:
     """Fill in ``val_alphabets`` and ``test_alphabets`` of a Lake split if they are empty."""
-    if config.dataset != "omniglot" or config.split not in LAKE_SPLITS or config.test_alphabets:
+    if config.dataset != "omniglot" or config.split not in LAKE_SPLITS:
         return config
     alphabets = list_alphabets(config.split, config.data_root)
+    unknown = sorted(set(config.val_alphabets + config.test_alphabets) - set(alphabets))
+    if unknown:
+        raise ValueError(f"held-out alphabets {unknown} are not in {config.split}; choose from {alphabets}")
     if config.holdout_val + config.holdout_test >= len(alphabets):
         raise ValueError(f"holding out {config.holdout_val} + {config.holdout_test} alphabets leaves none of "
                          f"the {len(alphabets)} alphabets of {config.split} for training")
-    shuffled = random.Random(HOLDOUT_SEED).sample(alphabets, len(alphabets))
-    config.test_alphabets = sorted(shuffled[: config.holdout_test])
-    config.val_alphabets = sorted(shuffled[config.holdout_test: config.holdout_test + config.holdout_val])
-    return config
+    free = [a for a in random.Random(HOLDOUT_SEED).sample(alphabets, len(alphabets))
+            if a not in config.val_alphabets + config.test_alphabets]
+    if not config.test_alphabets:
+        config.test_alphabets, free = sorted(free[: config.holdout_test]), free[config.holdout_test:]
+    if not config.val_alphabets:
+        config.val_alphabets = sorted(free[: config.holdout_val])
+    return config.validate()
 
 
 def omniglot_part(config: RunConfig, part: Part, data_root: str | None = None) -> LabelledData:

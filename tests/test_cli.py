@@ -1,0 +1,185 @@
+"""The ``fewshot`` command: train + eval round trip, JSON output, and bad input (exit 2, one line, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fewshot.checkpoint import tensor_path
+
+from conftest import tiny_protonet
+from fewshot.cli import main
+from fewshot.train import Trainer
+
+TINY = {"meta_batch": 2, "shots": 5, "queries": 5, "val_every": 2, "val_episodes": 3, "test_episodes": 3,
+        "checkpoint_every": 2, "log_every": 1, "eval_inner_steps": 1}
+SUMMARY_KEYS = {"metric", "mean", "ci95", "episodes", "dataset", "split", "ways", "shots"}
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``main(argv)``; argparse's own errors leave through SystemExit, counted as the exit status."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def sinusoid_run(tmp_path_factory) -> Path:
+    """A 3-step MAML sinusoid run trained through ``main``."""
+    root = tmp_path_factory.mktemp("cli")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    run = root / "run"
+    code = main(["train", "--config", str(config), "--algo", "maml", "--dataset", "sinusoid", "--steps", "3",
+                 "--out", str(run), "--no-progress"])
+    assert code == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def protonet_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("cli-proto") / "run"
+    Trainer(tiny_protonet(steps=1), run, progress=False).run()
+    return run
+
+
+def test_train_writes_a_run_and_a_test_summary(sinusoid_run):
+    for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.json", "checkpoints/best.json"):
+        assert (sinusoid_run / name).is_file(), name
+    assert tensor_path(sinusoid_run / "checkpoints", "last").is_file()
+    cfg = yaml.safe_load((sinusoid_run / "config.yaml").read_text())
+    assert cfg["steps"] == 3 and cfg["algo"] == "maml" and cfg["val_episodes"] == 3      # flags + file
+    assert cfg["inner_lr"] == 0.01                                                       # recipe
+    summary = json.loads((sinusoid_run / "test.json").read_text())
+    assert set(summary) == SUMMARY_KEYS and summary["episodes"] == 3
+
+
+def test_eval_json_is_the_last_stdout_line(sinusoid_run, capsys):
+    code, out, err = cli(["eval", sinusoid_run, "--json", "--episodes", "4"], capsys)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert isinstance(result, dict) and set(result) == SUMMARY_KEYS
+    assert result["metric"] == "mse" and result["episodes"] == 4 and result["dataset"] == "sinusoid"
+    assert result["split"] == "sinusoid" and result["ways"] == 1 and result["shots"] == 5
+    assert result["mean"] > 0 and result["ci95"] >= 0
+    # repeatable (fixed episodes), and --inner-steps changes the result
+    code, out2, _ = cli(["eval", sinusoid_run, "--json", "--episodes", "4"], capsys)
+    assert json.loads(out2.strip().splitlines()[-1]) == result
+    code, out3, _ = cli(["eval", sinusoid_run, "--json", "--episodes", "4", "--inner-steps", "0"], capsys)
+    assert code == 0 and json.loads(out3.strip().splitlines()[-1])["mean"] != result["mean"]
+
+
+def test_eval_json_on_omniglot(protonet_run, capsys):
+    code, out, err = cli(["eval", protonet_run, "--json", "--episodes", "3", "--ways", "3"], capsys)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["metric"] == "accuracy" and 0.0 <= result["mean"] <= 1.0
+    assert result["split"] == "background:test" and result["ways"] == 3 and result["dataset"] == "omniglot"
+
+
+def fewshot_script() -> str:
+    script = Path(sys.executable).parent / "fewshot"
+    return str(script) if script.is_file() else shutil.which("fewshot")
+
+
+def test_console_script(sinusoid_run, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([fewshot_script(), "eval", str(sinusoid_run), "--json", "--episodes", "3"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(result) == SUMMARY_KEYS and result["episodes"] == 3
+    bad = subprocess.run([fewshot_script(), "eval", str(tmp_path / "missing")], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=120)
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "missing" in bad.stderr
+
+
+def assert_bad_input(code, out, err, *needles):
+    assert code == 2, (code, err)
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fewshot ")
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+ARGPARSE_BAD = [(["train", "--algo", "maml2"], "maml2"), (["train", "--ways", "0"], "--ways"),
+                (["train", "--lr", "-1"], "--lr"), (["eval"], "run_dir")]
+
+
+@pytest.mark.parametrize("argv, needle", ARGPARSE_BAD)
+def test_bad_flags_exit_2_without_traceback(argv, needle, capsys, tmp_path):
+    code, out, err = cli(argv + ["--out", tmp_path / "r"] if argv[0] == "train" else argv, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert any(line.startswith("fewshot") and "error" in line and needle in line for line in err.splitlines())
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv, needle", ARGPARSE_BAD)
+def test_bad_flags_print_one_line(argv, needle, capsys):
+    assert_bad_input(*cli(argv, capsys), needle)
+
+
+def test_impossible_ways_on_omniglot(tmp_path, capsys):
+    run = tmp_path / "r"
+    code, out, err = cli(["train", "--ways", "100", "--steps", "1", "--out", run, "--no-progress"], capsys)
+    assert_bad_input(code, out, err, "ways=100")
+    assert not (run / "checkpoints").exists()
+
+
+def test_eval_of_a_missing_run_dir(tmp_path, capsys):
+    assert_bad_input(*cli(["eval", tmp_path / "nope"], capsys), "nope", "config.yaml")
+
+
+def test_eval_of_a_run_dir_without_checkpoints(sinusoid_run, tmp_path, capsys):
+    run = tmp_path / "copy"
+    run.mkdir()
+    shutil.copy(sinusoid_run / "config.yaml", run / "config.yaml")
+    assert_bad_input(*cli(["eval", run, "--json"], capsys), "checkpoint")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_bad_input(*cli(["eval", empty], capsys), "empty")
+
+
+def test_config_with_an_unknown_key(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("algo: maml\nmeta_batchsize: 4\n")
+    code, out, err = cli(["train", "--config", config, "--out", tmp_path / "r", "--no-progress"], capsys)
+    assert_bad_input(code, out, err, "meta_batchsize")
+    assert not (tmp_path / "r").exists()
+
+
+def test_data_root_without_the_evaluation_zip(tmp_path, capsys, protonet_run):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    code, out, err = cli(["train", "--split", "evaluation", "--data-root", empty, "--steps", "1",
+                          "--out", tmp_path / "r", "--no-progress"], capsys)
+    assert_bad_input(code, out, err, "images_evaluation", "--data-root")
+    code, out, err = cli(["eval", protonet_run, "--split", "evaluation", "--data-root", empty, "--episodes", "2"],
+                         capsys)
+    assert_bad_input(code, out, err, "images_evaluation")
+
+
+def test_resume_with_a_different_algo(sinusoid_run, capsys):
+    before = tensor_path(sinusoid_run / "checkpoints", "last").read_bytes()
+    code, out, err = cli(["train", "--algo", "fomaml", "--dataset", "sinusoid", "--out", sinusoid_run,
+                          "--no-progress"], capsys)
+    assert_bad_input(code, out, err, "algo", "maml", "fomaml")
+    assert tensor_path(sinusoid_run / "checkpoints", "last").read_bytes() == before
+
+
+def test_eval_with_other_ways_than_a_maml_head(sinusoid_run, capsys):
+    assert_bad_input(*cli(["eval", sinusoid_run, "--ways", "5"], capsys), "--ways 1")

@@ -1,0 +1,176 @@
+"""The meta-training loop: run directory, exact resume, time limit, learning, non-finite losses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_protonet, tiny_sinusoid
+from fewshot.checkpoint import read_checkpoint, tensor_path
+from fewshot.config import RunConfig
+from fewshot.train import RunError, Trainer, load_learner, load_run_config, run_config
+
+
+def train(config: RunConfig, run_dir: Path):
+    return Trainer(config, run_dir, progress=False).run()
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def params(learner) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in learner.state_dict().items()}
+
+
+def assert_params_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_run_directory_layout(tmp_path):
+    run = tmp_path / "run"
+    result = train(tiny_sinusoid(), run)
+    assert result.step == 6 and not result.stopped_early and result.best_val is not None
+    for name in ("last", "best"):
+        assert (run / "checkpoints" / f"{name}.json").is_file(), name
+        assert tensor_path(run / "checkpoints", name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert not [p for p in run.rglob("*") if p.suffix in (".pt", ".pkl", ".pth")]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved == result.config.to_dict() and saved["steps"] == 6 and saved["algo"] == "maml"
+    assert load_run_config(run) == result.config
+    records = metrics(run)
+    assert all(isinstance(r["step"], int) and r["split"] in ("train", "val") for r in records)
+    train_steps = [r["step"] for r in records if r["split"] == "train"]
+    assert train_steps == [1, 2, 3, 4, 5, 6]                       # log_every=1
+    assert all("loss" in r and "mse" in r for r in records if r["split"] == "train")
+    val = [r for r in records if r["split"] == "val"]
+    assert [r["step"] for r in val] == [3, 6] and all("mse" in r and "ci95" in r for r in val)
+    last = json.loads((run / "checkpoints" / "last.json").read_text())
+    best = json.loads((run / "checkpoints" / "best.json").read_text())
+    assert last["state"]["step"] == 6
+    assert best["state"]["best_val"] == min(r["mse"] for r in val) == result.best_val
+    # the learner that load_learner rebuilds is the trained one (best = last when step 6 is best)
+    learner, cfg = load_learner(run, "last")
+    assert_params_identical(params(learner), params(result.learner))
+
+
+def test_omniglot_protonet_run_records_holdout(tmp_path):
+    run = tmp_path / "proto"
+    result = train(tiny_protonet(), run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert len(saved["val_alphabets"]) == 3 and len(saved["test_alphabets"]) == 5
+    assert not set(saved["val_alphabets"]) & set(saved["test_alphabets"])
+    val = [r for r in metrics(run) if r["split"] == "val"]
+    assert [r["step"] for r in val] == [1, 2] and all(0.0 <= r["accuracy"] <= 1.0 for r in val)
+    assert result.best_val == max(r["accuracy"] for r in val)
+    for name in ("last", "best"):
+        tensors, meta = read_checkpoint(run / "checkpoints", name)
+        assert any(k.startswith("model/encoder.") for k in tensors)
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    full, split = tmp_path / "full", tmp_path / "split"
+    straight = train(tiny_sinusoid(steps=6), full)
+    first = train(tiny_sinusoid(steps=3), split)
+    assert first.step == 3
+    resumed_config = run_config(split, {}, {"steps": 6})
+    assert resumed_config.steps == 6
+    resumed = train(resumed_config, split)
+    assert resumed.step == 6
+    assert_params_identical(params(resumed.learner), params(straight.learner))
+    assert metrics(split) == metrics(full)
+    assert resumed.best_val == straight.best_val
+    for name in ("last", "best"):
+        ta, ma = read_checkpoint(full / "checkpoints", name)
+        tb, mb = read_checkpoint(split / "checkpoints", name)
+        assert ma["state"] == mb["state"]
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta if k != "rng/torch")
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    straight = train(tiny_sinusoid(steps=6), full)
+    real_step = Trainer._train_step
+
+    def crash_at_step_4(self):
+        if self.step == 3:
+            raise SimulatedCrash("killed during step 4")
+        return real_step(self)
+    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_4)
+    with pytest.raises(SimulatedCrash):
+        train(tiny_sinusoid(steps=6), crashed)
+    monkeypatch.undo()
+    assert read_checkpoint(crashed / "checkpoints", "last")[1]["state"]["step"] == 2   # checkpoint_every=2
+    assert max(r["step"] for r in metrics(crashed)) == 3                                # logged past it
+    resumed = train(run_config(crashed, {}, {}), crashed)
+    assert resumed.step == 6
+    assert_params_identical(params(resumed.learner), params(straight.learner))
+    assert metrics(crashed) == metrics(full)
+
+
+def test_resume_with_changed_options_is_refused(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_sinusoid(steps=2), run)
+    with pytest.raises(RunError, match="algo"):
+        run_config(run, {}, {"algo": "fomaml"})
+    with pytest.raises(RunError, match="inner_lr"):
+        run_config(run, {"inner_lr": 0.5}, {})
+    assert run_config(run, {}, {"steps": 4, "algo": "maml"}).steps == 4     # same value / resumable change
+
+
+def test_time_limit_stops_early_and_keeps_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    result = train(tiny_sinusoid(steps=50, time_limit=1e-9), run)
+    assert result.stopped_early and result.step == 0
+    for name in ("last", "best"):
+        assert tensor_path(run / "checkpoints", name).is_file()
+        assert read_checkpoint(run / "checkpoints", name)[1]["state"]["step"] == 0
+    assert [r["split"] for r in metrics(run)] == ["val"] and result.best_val is not None
+    # and the run resumes to completion from there
+    resumed = train(run_config(run, {}, {"time_limit": 1e6}), run)
+    assert resumed.step == 50 and not resumed.stopped_early
+
+
+def test_meta_training_improves_sinusoid_regression(tmp_path):
+    cfg = tiny_sinusoid(steps=150, meta_batch=4, lr=0.01, shots=10, queries=10, eval_inner_steps=5,
+                        val_every=1000, val_episodes=20, checkpoint_every=1000)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    before = trainer.validate()
+    result = trainer.run()
+    after = trainer.validate()
+    assert after.values != before.values
+    assert after.mean < 0.7 * before.mean, (before.mean, after.mean)
+    losses = [r["loss"] for r in metrics(tmp_path / "run") if r["split"] == "train"]
+    assert len(losses) == 150
+    assert sum(losses[-30:]) / 30 < sum(losses[:30]) / 30
+    assert result.best_val == after.mean
+
+
+def test_non_finite_loss_raises_naming_the_step(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_sinusoid(steps=6), run, progress=False)
+    real = trainer.learner.meta_backward
+
+    def nan_at_step_3(batch):
+        out = real(batch)
+        return {**out, "loss": float("nan")} if trainer.step == 2 else out
+    monkeypatch.setattr(trainer.learner, "meta_backward", nan_at_step_3)
+    with pytest.raises(FloatingPointError, match="step 3"):
+        trainer.run()
+    assert read_checkpoint(run / "checkpoints", "last")[1]["state"]["step"] == 2    # the last good one
+
+
+def test_huge_inner_lr_raises_floating_point_error(tmp_path):
+    with pytest.raises(FloatingPointError, match="step 1"):
+        train(tiny_sinusoid(inner_lr=1e30), tmp_path / "run")
