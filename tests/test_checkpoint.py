@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewshot import checkpoint as ckpt
+from fewshot import files
 from fewshot.checkpoint import (CheckpointError, load_model, load_optimizer, read_checkpoint, save_checkpoint,
                                 tensor_path)
 from fewshot.learners import GradientLearner, ProtoNet
@@ -193,7 +193,7 @@ def save_two_versions(tmp_path, monkeypatch, target: str, n_ok: int):
     save_checkpoint(tmp_path, "last", old, old_opt, {"step": 2})
     files_before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     new, new_opt = trained(seed=1, steps=3)
-    monkeypatch.setattr(ckpt.os, target, failing_after(n_ok, getattr(os, target)))
+    monkeypatch.setattr(files.os, target, failing_after(n_ok, getattr(os, target)))
     with pytest.raises(OSError, match="No space"):
         save_checkpoint(tmp_path, "last", new, new_opt, {"step": 3})
     monkeypatch.undo()

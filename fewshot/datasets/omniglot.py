@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -49,6 +48,7 @@ import torch
 from PIL import Image
 
 from fewshot.datasets.labelled import LabelledData
+from fewshot.files import atomic_write
 
 SETS = ("background", "evaluation")
 VINYALS_SPLITS = ("vinyals-train", "vinyals-val", "vinyals-test", "vinyals-trainval")
@@ -317,23 +317,13 @@ def _read_cache(path: Path) -> _DecodedSet | None:
 
 
 def _write_cache(path: Path, decoded: _DecodedSet) -> None:
-    """Write ``decoded`` to ``path`` atomically (temp file + ``os.replace``); warn on failure."""
-    tmp_name = None
+    """Write ``decoded`` to ``path`` atomically (:func:`~fewshot.files.atomic_write`); warn on failure."""
+    buffer = io.BytesIO()
+    np.savez(buffer, images=decoded.images, starts=decoded.starts,
+             alphabets=np.array(decoded.alphabets, dtype=str), characters=np.array(decoded.characters, dtype=str))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
-            tmp_name = tmp.name
-            np.savez(
-                tmp,
-                images=decoded.images,
-                starts=decoded.starts,
-                alphabets=np.array(decoded.alphabets, dtype=str),
-                characters=np.array(decoded.characters, dtype=str),
-            )
-        os.replace(tmp_name, path)
+        atomic_write(path, buffer.getvalue())
     except OSError as err:
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)
         warnings.warn(f"cannot write Omniglot cache {path} ({err}); set cache_dir or FEWSHOT_CACHE", stacklevel=3)
 
 
