@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from fewshot.config import ALGOS, DATASETS, load_yaml
+from fewshot.config import ALGOS, DATASETS, GRADIENT_ALGOS, load_yaml
 
 EXIT_BAD_INPUT = 2
 
@@ -132,7 +132,7 @@ def _eval(args: argparse.Namespace) -> None:
     if args.dataset not in (None, cfg.dataset):
         raise ValueError(f"run {args.run_dir} was trained on {cfg.dataset}, not {args.dataset}; "
                          "evaluate it on its own dataset")
-    if args.ways not in (None, cfg.ways) and cfg.algo != "protonet":
+    if args.ways not in (None, cfg.ways) and cfg.algo in GRADIENT_ALGOS:
         raise ValueError(f"{cfg.algo} run {args.run_dir} has a {cfg.ways}-way head; evaluate with --ways {cfg.ways}")
     seed = args.seed if args.seed is not None else 0
     name, tasks = test_tasks(cfg, args.split, args.data_root, ways=args.ways, shots=args.shots,

@@ -14,7 +14,9 @@ from typing import Any, get_type_hints
 
 import yaml
 
-ALGOS = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonet")
+GRADIENT_ALGOS = ("maml", "fomaml", "anil", "metasgd", "reptile")
+METRIC_ALGOS = ("protonet", "matching", "matching-fce", "relation", "siamese")
+ALGOS = GRADIENT_ALGOS + METRIC_ALGOS + ("finetune",)
 DATASETS = ("omniglot", "sinusoid")
 OMNIGLOT_SPLITS = ("background", "evaluation", "vinyals-train")
 
@@ -42,6 +44,9 @@ class RunConfig:
     image_size: int = 28
     rotations: bool | None = None      # None: on for the Vinyals splits, off otherwise
     vectorize: bool = False            # vmap over the tasks of a meta-batch
+    margin: float = 1.0                # siamese: contrastive-loss margin
+    batch_size: int = 64               # finetune: pretraining minibatch size
+    pretrain_classes: int | None = None  # finetune: classes of the pretraining head (filled in)
     val_alphabets: list[str] = field(default_factory=list)   # filled in when the run starts
     test_alphabets: list[str] = field(default_factory=list)
     holdout_val: int = 3               # alphabets of a Lake split held out for validation
@@ -64,7 +69,9 @@ class RunConfig:
         if self.dataset == "omniglot" and self.split not in OMNIGLOT_SPLITS:
             raise ValueError(f"unknown omniglot training split {self.split!r}; choose one of "
                              f"{', '.join(OMNIGLOT_SPLITS)}")
-        for name in ("ways", "shots", "queries", "meta_batch", "steps", "image_size", "val_every",
+        if not self.margin > 0:
+            raise ValueError(f"margin must be > 0, got {self.margin}")
+        for name in ("ways", "shots", "queries", "meta_batch", "steps", "image_size", "val_every", "batch_size",
                      "val_episodes", "test_episodes", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -82,8 +89,9 @@ class RunConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}; pass a positive learning rate")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit must be > 0 seconds, got {self.time_limit}")
-        if self.dataset == "sinusoid" and self.algo == "protonet":
-            raise ValueError("protonet is a classifier; sinusoid is regression: choose a gradient-based algo")
+        if self.dataset == "sinusoid" and self.algo not in GRADIENT_ALGOS:
+            raise ValueError(f"{self.algo} is a classifier; sinusoid is regression: choose one of "
+                             f"{', '.join(GRADIENT_ALGOS)}")
         if self.net not in ("conv4-pool", "conv4-strided", "mlp"):
             raise ValueError(f"unknown net {self.net!r}; choose conv4-pool, conv4-strided or mlp")
         if (self.net == "mlp") != (self.dataset == "sinusoid"):
@@ -114,6 +122,14 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
     ("protonet", "omniglot"): dict(net="conv4-pool", ways=5, shots=1, queries=15, train_ways=60,
                                    train_queries=5, meta_batch=1, lr=0.001, inner_steps=0, steps=1500),  # Snell et al. 2017
 }
+_METRIC_OMNIGLOT = dict(net="conv4-pool", ways=5, shots=1, queries=15, train_ways=20, train_queries=5,
+                        meta_batch=1, lr=0.001, inner_steps=0, steps=3000)
+RECIPES[("matching", "omniglot")] = _METRIC_OMNIGLOT         # Vinyals et al. 2016
+RECIPES[("matching-fce", "omniglot")] = _METRIC_OMNIGLOT
+RECIPES[("relation", "omniglot")] = {**_METRIC_OMNIGLOT, "train_ways": 5, "train_queries": 15}  # Sung et al. 2018
+RECIPES[("siamese", "omniglot")] = _METRIC_OMNIGLOT          # Koch et al. 2015 / Hadsell et al. 2006
+RECIPES[("finetune", "omniglot")] = dict(net="conv4-pool", ways=5, shots=1, queries=15, meta_batch=1, lr=0.001,
+                                         batch_size=64, inner_lr=0.01, inner_steps=100, steps=3000)
 _MAML_SINUSOID = dict(net="mlp", norm="none", ways=1, shots=10, queries=10, meta_batch=25, inner_lr=0.01,
                       inner_steps=1, eval_inner_steps=10, lr=0.001, steps=40000,
                       val_every=1000, val_episodes=100, checkpoint_every=1000, log_every=100)

@@ -31,7 +31,7 @@ from fewshot.config import RunConfig, check_types, resolve
 from fewshot.evaluate import EvalResult, evaluate
 from fewshot.learners import Learner, build_learner
 from fewshot.tasks.episode import stack_episodes
-from fewshot.tasks.sources import assign_holdout, train_tasks, val_tasks
+from fewshot.tasks.sources import fill_in, train_tasks, val_tasks
 
 #: Options that may differ when a run is resumed (they do not change what is computed).
 RESUMABLE_CHANGES = {"steps", "time_limit", "data_root", "test_episodes"}
@@ -107,7 +107,7 @@ class Trainer:
         self.run_dir, self.progress = Path(run_dir), progress
         self.ckpt_dir = self.run_dir / "checkpoints"
         resuming = (self.ckpt_dir / "last.json").is_file()
-        self.config = config if resuming else assign_holdout(config)
+        self.config = config if resuming else fill_in(config)
         torch.manual_seed(self.config.seed)
         self.learner = build_learner(self.config)
         self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=self.config.lr)

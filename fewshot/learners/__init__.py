@@ -4,24 +4,41 @@ from __future__ import annotations
 
 from fewshot.config import RunConfig
 from fewshot.learners.base import Learner
+from fewshot.learners.finetune import FineTune
 from fewshot.learners.gradient import GradientLearner, Reptile
+from fewshot.learners.matching import MatchingNet
 from fewshot.learners.protonet import ProtoNet
+from fewshot.learners.relation import RelationModule, RelationNet, relation_encoder
+from fewshot.learners.siamese import SiameseNet
 from fewshot.nets import MLP, Conv4
 
-__all__ = ["Learner", "GradientLearner", "Reptile", "ProtoNet", "build_learner"]
+__all__ = ["Learner", "GradientLearner", "Reptile", "ProtoNet", "MatchingNet", "RelationNet", "SiameseNet",
+           "FineTune", "build_learner"]
 
 
 def build_learner(config: RunConfig) -> Learner:
     """The learner and network a run config asks for (fresh, randomly initialised)."""
+    variant = config.net.removeprefix("conv4-")
     if config.algo == "protonet":
-        return ProtoNet(Conv4(hidden=64, variant=config.net.removeprefix("conv4-"), norm=config.norm))
+        return ProtoNet(Conv4(variant=variant, norm=config.norm))
+    if config.algo in ("matching", "matching-fce"):
+        return MatchingNet(Conv4(variant=variant, norm=config.norm), fce=config.algo == "matching-fce")
+    if config.algo == "relation":   # the paper's own encoder: 64x7x7 feature maps on 28x28 inputs
+        return RelationNet(relation_encoder(norm=config.norm), RelationModule(spatial=config.image_size // 4,
+                                                                              norm=config.norm))
+    if config.algo == "siamese":
+        return SiameseNet(Conv4(variant=variant, norm=config.norm), "euclidean", margin=config.margin)
+    if config.algo == "finetune":
+        if config.pretrain_classes is None:
+            raise ValueError("finetune needs pretrain_classes (the number of training classes), set when a run starts")
+        return FineTune(Conv4(variant=variant, norm=config.norm), config.pretrain_classes,
+                        head_steps=config.inner_steps, head_lr=config.inner_lr)
     if config.train_ways not in (None, config.ways):
         raise ValueError(f"{config.algo} has a {config.ways}-way output head; train_ways must equal ways")
     if config.dataset == "sinusoid":
         net, task = MLP(1, (40, 40), 1), "regression"
     else:
-        net, task = Conv4(out_features=config.ways, variant=config.net.removeprefix("conv4-"),
-                          norm=config.norm), "classification"
+        net, task = Conv4(out_features=config.ways, variant=variant, norm=config.norm), "classification"
     if config.algo == "reptile":
         return Reptile(net, config.inner_lr, config.inner_steps, task=task)
     return GradientLearner(net, config.inner_lr, config.inner_steps, task=task,

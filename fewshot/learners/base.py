@@ -12,7 +12,7 @@ learner's parameters (a backward per task by default: the peak memory of one tas
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -91,3 +91,23 @@ class Learner(nn.Module):
 def mean_metrics(metrics: list[dict[str, float]]) -> dict[str, float]:
     """Key-wise mean of a list of metric dicts."""
     return {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}
+
+
+class EmbeddedSupport(NamedTuple):
+    """An embedded support set: ``embeddings [S, D]`` and their labels ``[S]`` in ``0..N-1``."""
+
+    embeddings: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def ways(self) -> int:
+        return int(self.labels.max()) + 1
+
+
+def embedding_width(encoder: nn.Module, feature_dim: int | None) -> int:
+    """``feature_dim`` if given, else the encoder's ``embedding_dim`` (set by :class:`~fewshot.nets.Conv4`)."""
+    width = feature_dim if feature_dim is not None else getattr(encoder, "embedding_dim", None)
+    if not isinstance(width, int) or width < 1:
+        raise ValueError("cannot tell the width of the encoder's output: pass feature_dim= (the size D of "
+                         "encoder(x) [B, D]) or use an encoder with an integer embedding_dim attribute")
+    return width

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from fewshot.config import RunConfig
 from fewshot.datasets.labelled import LabelledData
 from fewshot.datasets.omniglot import list_alphabets, load_omniglot
+from fewshot.tasks.pretrain import PretrainBatches
 from fewshot.tasks.sampler import ClassificationTasks
 from fewshot.tasks.seeding import derive_seed
 from fewshot.tasks.sinusoid import SinusoidTasks
@@ -44,6 +45,14 @@ def assign_holdout(config: RunConfig) -> RunConfig:
     if not config.val_alphabets:
         config.val_alphabets = sorted(free[: config.holdout_val])
     return config.validate()
+
+
+def fill_in(config: RunConfig) -> RunConfig:
+    """Settings a new run derives from its data: held-out alphabets, the fine-tune head's classes."""
+    config = assign_holdout(config)
+    if config.algo == "finetune" and config.pretrain_classes is None:
+        config.pretrain_classes = omniglot_part(config, "train").num_classes
+    return config
 
 
 def omniglot_part(config: RunConfig, part: Part, data_root: str | None = None) -> LabelledData:
@@ -95,6 +104,8 @@ def train_tasks(config: RunConfig) -> Dataset:
     queries = config.train_queries or config.queries
     if config.dataset == "sinusoid":
         return SinusoidTasks(config.shots, queries, seed=seed)
+    if config.algo == "finetune":
+        return PretrainBatches(omniglot_part(config, "train"), config.batch_size, seed=seed)
     return ClassificationTasks(omniglot_part(config, "train"), ways, config.shots, queries, seed=seed)
 
 

@@ -1,0 +1,136 @@
+"""Matching networks (Vinyals et al. 2016): attention over the support set.
+
+A query ``x`` is classified by an attention-weighted vote of the support labels,
+``P(y = c | x, S) = sum_i a(x, x_i) [y_i = c]`` with ``a(x, x_i)`` the softmax over the
+support examples of the cosine similarity between the query's and the support
+example's embeddings. With full context embeddings (FCE) the support embeddings are
+read by a bidirectional LSTM and each query embedding by an attention LSTM over the
+support set, so both depend on the whole support set.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fewshot.learners.base import EmbeddedSupport, Learner, embedding_width, task_loss, task_metric
+from fewshot.tasks.episode import Episode
+
+
+def cosine_attention(queries: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Softmax over the support set of cosine similarities: ``[Q, D]``, ``[S, D]`` -> ``[Q, S]``
+    (each row sums to one)."""
+    return (F.normalize(queries, dim=-1) @ F.normalize(support, dim=-1).T).softmax(dim=-1)
+
+
+def attention_log_probs(attention: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """Log class probabilities ``log(attention @ one_hot(labels))``: ``[Q, S]``, ``[S]`` -> ``[Q, ways]``.
+
+    Cosine similarities lie in ``[-1, 1]``, so every attention weight is at least
+    ``exp(-2) / S`` and the logarithm is finite."""
+    return (attention @ F.one_hot(labels, ways).to(attention.dtype)).log()
+
+
+class FullContextEmbedding(nn.Module):
+    """The two FCE readers of Vinyals et al. (2016, appendix A), both of width ``D``.
+
+    * Support, ``g(x_i, S) = g'(x_i) + h_fw_i + h_bw_i``: a bidirectional LSTM runs over
+      the support embeddings ``g' [S, D]`` in the order given (the sampler's: class by
+      class), its forward and backward outputs ``[S, D]`` are added to ``g'`` (a skip
+      connection).
+    * Query, ``f(x, S)``: ``K`` steps of an attention LSTM reading the context-embedded
+      support set ``g [S, D]``. From ``h_0 = f'(x)``, ``c_0 = 0``::
+
+          r_{k-1} = sum_i softmax_i(h_{k-1} . g_i) g_i             # read-out  [Q, D]
+          h^_k, c_k = LSTM(f'(x), [h_{k-1}, r_{k-1}], c_{k-1})
+          h_k = h^_k + f'(x)
+
+      and ``f(x, S) = h_K``. The paper's hidden state is the concatenation
+      ``[h_{k-1}, r_{k-1}]`` (width 2D); an LSTM uses its previous hidden state only
+      through a linear map into the gates, so feeding ``[f'(x), r_{k-1}]`` as the
+      input of an ``LSTMCell(2D, D)`` with hidden state ``h_{k-1}`` is the same
+      function class, and its output ``h^_k`` has width ``D`` for the skip connection.
+    """
+
+    def __init__(self, dim: int, steps: int):
+        super().__init__()
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"process_steps must be an integer >= 1, got {steps!r}")
+        self.steps = steps
+        self.support_lstm = nn.LSTM(dim, dim, bidirectional=True, batch_first=True)
+        self.query_cell = nn.LSTMCell(2 * dim, dim)
+
+    def embed_support(self, g: torch.Tensor) -> torch.Tensor:
+        """``g' [S, D]`` -> ``g [S, D]``."""
+        out, _ = self.support_lstm(g.unsqueeze(0))                    # [1, S, 2D]
+        forward, backward = out[0].chunk(2, dim=-1)
+        return g + forward + backward
+
+    def embed_query(self, f: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+        """``f' [Q, D]`` attending over ``support [S, D]`` -> ``f [Q, D]``."""
+        h, c = f, torch.zeros_like(f)
+        for _ in range(self.steps):
+            read = (h @ support.T).softmax(dim=-1) @ support           # [Q, D]
+            h_hat, c = self.query_cell(torch.cat([f, read], dim=-1), (h, c))
+            h = h_hat + f
+        return h
+
+
+class MatchingNet(Learner):
+    """Adapt: the (context-)embedded support set. Predict: log class probabilities of the
+    cosine attention over it, ``[Q, N]``.
+
+    ``predict`` returns ``log P(y = c | x, S)`` as its logits: a softmax over them gives
+    back ``P`` itself, so the common cross-entropy loss is the negative log-likelihood of
+    the paper and the argmax is its prediction.
+
+    Support and query are embedded in one forward pass during meta-training and in
+    :meth:`evaluate_episode` (with the library's BatchNorm, both share one set of batch
+    statistics, as in :class:`~fewshot.learners.protonet.ProtoNet`).
+
+    Args:
+        encoder: ``[B, ...] -> [B, D]`` (Conv-4 for Omniglot, as in the paper).
+        fce: add full context embeddings (:class:`FullContextEmbedding`).
+        process_steps: the attention LSTM's steps ``K`` (FCE only).
+        feature_dim: ``D`` when the encoder has no ``embedding_dim`` (FCE only).
+    """
+
+    def __init__(self, encoder: nn.Module, fce: bool = False, *, process_steps: int = 5,
+                 feature_dim: int | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.fce = FullContextEmbedding(embedding_width(encoder, feature_dim), process_steps) if fce else None
+
+    def _context(self, support: torch.Tensor, labels: torch.Tensor) -> EmbeddedSupport:
+        return EmbeddedSupport(self.fce.embed_support(support) if self.fce else support, labels)
+
+    def attention(self, adapted: EmbeddedSupport, query_x: torch.Tensor) -> torch.Tensor:
+        """Attention of each query over the support set, ``[Q, S]`` (rows sum to one)."""
+        return self._attend(adapted, self.encoder(query_x))
+
+    def _attend(self, adapted: EmbeddedSupport, f: torch.Tensor) -> torch.Tensor:
+        if self.fce is not None:
+            f = self.fce.embed_query(f, adapted.embeddings)
+        return cosine_attention(f, adapted.embeddings)
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> EmbeddedSupport:
+        return self._context(self.encoder(support_x), support_y)
+
+    def predict(self, adapted: EmbeddedSupport, query_x: torch.Tensor) -> torch.Tensor:
+        return attention_log_probs(self.attention(adapted, query_x), adapted.labels, adapted.ways)
+
+    def _episode_logits(self, episode: Episode) -> torch.Tensor:
+        n = episode.support_x.shape[0]
+        z = self.encoder(torch.cat([episode.support_x, episode.query_x]))
+        adapted = self._context(z[:n], episode.support_y)
+        return attention_log_probs(self._attend(adapted, z[n:]), adapted.labels, adapted.ways)
+
+    def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self._episode_logits(episode)
+        loss = task_loss(logits, episode.query_y, self.task)
+        return loss, {"loss": float(loss.detach()), "accuracy": task_metric(logits, episode.query_y, self.task)}
+
+    @torch.no_grad()
+    def evaluate_episode(self, episode: Episode, steps: int | None = None) -> float:
+        return task_metric(self._episode_logits(episode), episode.query_y, self.task)
