@@ -105,7 +105,7 @@ def test_matching_training_and_evaluation_embed_support_and_query_together():
     torch.manual_seed(0)
     learner = MatchingNet(Conv4(hidden=4))                        # BatchNorm: one forward, shared statistics
     ep = image_episode(size=16)
-    joint = learner._episode_logits(ep)
+    joint = learner.episode_logits(ep)
     z = learner.encoder(torch.cat([ep.support_x, ep.query_x]))
     expected = (cosine_attention(z[10:], z[:10]) @ F.one_hot(ep.support_y, 5).float()).log()
     torch.testing.assert_close(joint, expected)
@@ -136,7 +136,7 @@ def test_relation_scores_have_shape_query_by_ways_in_unit_interval():
     assert scores.shape == (15, 5)
     assert bool(((scores >= 0) & (scores <= 1)).all())
     loss, metrics = learner.episode_loss(ep)
-    joint = learner._episode_scores(ep)
+    joint = learner.episode_logits(ep)
     assert loss.item() == pytest.approx(F.mse_loss(joint, F.one_hot(ep.query_y, 5).float()).item(), rel=1e-6)
     assert set(metrics) == {"loss", "accuracy"}
 

@@ -88,6 +88,27 @@ class Learner(nn.Module):
         return task_metric(self.predict(adapted, episode.query_x), episode.query_y, self.task)
 
 
+class JointEmbeddingLearner(Learner):
+    """A learner that scores an episode from one forward pass over support and query together.
+
+    Subclasses implement :meth:`episode_logits`; with the library's BatchNorm, support and
+    query then share one set of batch statistics, in training and evaluation alike.
+    """
+
+    def episode_logits(self, episode: Episode) -> torch.Tensor:
+        """Query logits ``[N*Q, N]`` of an episode, support and query embedded in one forward."""
+        raise NotImplementedError
+
+    def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.episode_logits(episode)
+        loss = task_loss(logits, episode.query_y, self.task)
+        return loss, {"loss": float(loss.detach()), "accuracy": task_metric(logits, episode.query_y, self.task)}
+
+    @torch.no_grad()
+    def evaluate_episode(self, episode: Episode, steps: int | None = None) -> float:
+        return task_metric(self.episode_logits(episode), episode.query_y, self.task)
+
+
 def mean_metrics(metrics: list[dict[str, float]]) -> dict[str, float]:
     """Key-wise mean of a list of metric dicts."""
     return {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}

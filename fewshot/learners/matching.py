@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fewshot.learners.base import EmbeddedSupport, Learner, embedding_width, task_loss, task_metric
+from fewshot.learners.base import EmbeddedSupport, JointEmbeddingLearner, embedding_width
 from fewshot.tasks.episode import Episode
 
 
@@ -77,7 +77,7 @@ class FullContextEmbedding(nn.Module):
         return h
 
 
-class MatchingNet(Learner):
+class MatchingNet(JointEmbeddingLearner):
     """Adapt: the (context-)embedded support set. Predict: log class probabilities of the
     cosine attention over it, ``[Q, N]``.
 
@@ -120,17 +120,8 @@ class MatchingNet(Learner):
     def predict(self, adapted: EmbeddedSupport, query_x: torch.Tensor) -> torch.Tensor:
         return attention_log_probs(self.attention(adapted, query_x), adapted.labels, adapted.ways)
 
-    def _episode_logits(self, episode: Episode) -> torch.Tensor:
+    def episode_logits(self, episode: Episode) -> torch.Tensor:
         n = episode.support_x.shape[0]
         z = self.encoder(torch.cat([episode.support_x, episode.query_x]))
         adapted = self._context(z[:n], episode.support_y)
         return attention_log_probs(self._attend(adapted, z[n:]), adapted.labels, adapted.ways)
-
-    def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self._episode_logits(episode)
-        loss = task_loss(logits, episode.query_y, self.task)
-        return loss, {"loss": float(loss.detach()), "accuracy": task_metric(logits, episode.query_y, self.task)}
-
-    @torch.no_grad()
-    def evaluate_episode(self, episode: Episode, steps: int | None = None) -> float:
-        return task_metric(self._episode_logits(episode), episode.query_y, self.task)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fewshot.learners.base import Learner, task_loss, task_metric
+from fewshot.learners.base import JointEmbeddingLearner
 from fewshot.tasks.episode import Episode
 
 
@@ -21,7 +21,7 @@ def squared_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.unsqueeze(1) - b.unsqueeze(0)).pow(2).sum(-1)
 
 
-class ProtoNet(Learner):
+class ProtoNet(JointEmbeddingLearner):
     """Adapt: the class prototypes of the support embeddings. Predict: logits equal to the
     negative squared Euclidean distance of each query embedding to each prototype.
 
@@ -39,17 +39,8 @@ class ProtoNet(Learner):
     def predict(self, adapted: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
         return -squared_euclidean(self.encoder(query_x), adapted)
 
-    def _episode_logits(self, episode: Episode) -> torch.Tensor:
+    def episode_logits(self, episode: Episode) -> torch.Tensor:
         n = episode.support_x.shape[0]
         z = self.encoder(torch.cat([episode.support_x, episode.query_x]))
         protos = prototypes(z[:n], episode.support_y, int(episode.support_y.max()) + 1)
         return -squared_euclidean(z[n:], protos)
-
-    def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self._episode_logits(episode)
-        loss = task_loss(logits, episode.query_y, self.task)
-        return loss, {"loss": float(loss.detach()), "accuracy": task_metric(logits, episode.query_y, self.task)}
-
-    @torch.no_grad()
-    def evaluate_episode(self, episode: Episode, steps: int | None = None) -> float:
-        return task_metric(self._episode_logits(episode), episode.query_y, self.task)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fewshot.learners.base import Learner, task_metric
+from fewshot.learners.base import JointEmbeddingLearner, task_metric
 from fewshot.nets.conv4 import Norm
 from fewshot.tasks.episode import Episode
 
@@ -82,7 +82,7 @@ def class_features(features: torch.Tensor, labels: torch.Tensor, ways: int) -> t
     return (one_hot.T @ features.flatten(1)).view(ways, *features.shape[1:])
 
 
-class RelationNet(Learner):
+class RelationNet(JointEmbeddingLearner):
     """Adapt: the summed support feature maps of each class, ``[N, C, h, w]``. Predict: the
     relation score of every (query, class) pair, ``[Q, N]`` in ``[0, 1]``.
 
@@ -116,17 +116,13 @@ class RelationNet(Learner):
                            queries.unsqueeze(1).expand(q, n, *queries.shape[1:])], dim=2)   # [Q, N, 2C, ...]
         return torch.sigmoid(self.relation(pairs.flatten(0, 1))).view(q, n)
 
-    def _episode_scores(self, episode: Episode) -> torch.Tensor:
+    def episode_logits(self, episode: Episode) -> torch.Tensor:
         n = episode.support_x.shape[0]
         z = self.encoder(torch.cat([episode.support_x, episode.query_x]))
         return self._relations(class_features(z[:n], episode.support_y, int(episode.support_y.max()) + 1), z[n:])
 
     def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
         """MSE of the relation scores against one-hot targets; the metric is accuracy."""
-        scores = self._episode_scores(episode)
+        scores = self.episode_logits(episode)
         loss = F.mse_loss(scores, F.one_hot(episode.query_y, scores.shape[1]).to(scores.dtype))
         return loss, {"loss": float(loss.detach()), "accuracy": task_metric(scores, episode.query_y, self.task)}
-
-    @torch.no_grad()
-    def evaluate_episode(self, episode: Episode, steps: int | None = None) -> float:
-        return task_metric(self._episode_scores(episode), episode.query_y, self.task)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fewshot.learners.base import EmbeddedSupport, Learner, embedding_width, task_metric
+from fewshot.learners.base import EmbeddedSupport, JointEmbeddingLearner, embedding_width, task_metric
 from fewshot.tasks.episode import Episode
 
 Distance = Literal["euclidean", "l1-weighted"]
@@ -63,7 +63,7 @@ def balanced_mean(values: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
     return 0.5 * (values[same].mean() + values[~same].mean())
 
 
-class SiameseNet(Learner):
+class SiameseNet(JointEmbeddingLearner):
     """A Siamese network as a learner: verification (:meth:`distance`, :meth:`same`), pair
     training (:meth:`pair_loss`) and N-way classification by the nearest support example
     (:meth:`adapt` stores the support embeddings, :meth:`predict` returns ``[Q, N]``).
@@ -150,6 +150,10 @@ class SiameseNet(Learner):
         z = self.encoder(torch.cat([episode.support_x, episode.query_x]))
         return z, EmbeddedSupport(z[: episode.support_y.shape[0]], episode.support_y)
 
+    def episode_logits(self, episode: Episode) -> torch.Tensor:
+        z, support = self._embed_episode(episode)
+        return self._nearest(z[len(support.labels):], support)
+
     def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
         """The balanced pair loss over all pairs of the episode's examples (see the class docstring)."""
         z, support = self._embed_episode(episode)
@@ -160,8 +164,3 @@ class SiameseNet(Learner):
         with torch.no_grad():
             logits = self._nearest(z[len(support.labels):], support)
         return loss, {"loss": float(loss.detach()), "accuracy": task_metric(logits, episode.query_y, self.task)}
-
-    @torch.no_grad()
-    def evaluate_episode(self, episode: Episode, steps: int | None = None) -> float:
-        z, support = self._embed_episode(episode)
-        return task_metric(self._nearest(z[len(support.labels):], support), episode.query_y, self.task)
