@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=_positive_int, default=600, help="episodes to average (default 600)")
     ev.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
     ev.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    ev.add_argument("--benchmark", choices=("omniglot-lake-runs",),
+                    help="score on a fixed benchmark instead of sampled episodes: omniglot-lake-runs = the 20 "
+                         "20-way 1-shot within-alphabet runs of Lake et al. 2015, read from "
+                         "DATA_ROOT/omniglot/all_runs.zip (or all_runs/)")
 
     dl = sub.add_parser("download", help="download a dataset (with checksum verification)")
     dl.add_argument("dataset", choices=("omniglot",))
@@ -128,6 +132,8 @@ def _eval(args: argparse.Namespace) -> None:
     from fewshot.tasks.sources import test_tasks
     from fewshot.train import load_learner
 
+    if args.benchmark is not None:
+        return _eval_benchmark(args)
     learner, cfg = load_learner(Path(args.run_dir), args.checkpoint)
     if args.dataset not in (None, cfg.dataset):
         raise ValueError(f"run {args.run_dir} was trained on {cfg.dataset}, not {args.dataset}; "
@@ -145,6 +151,49 @@ def _eval(args: argparse.Namespace) -> None:
     else:
         print(f"{res.metric}: {res.mean:.4f} ± {res.ci95:.4f} ({res.episodes} episodes, "
               f"{summary['ways']}-way {summary['shots']}-shot, {name}, {steps} inner steps)")
+
+
+def _eval_benchmark(args: argparse.Namespace) -> None:
+    """``fewshot eval RUN_DIR --benchmark omniglot-lake-runs``: the mean one-shot error over Lake's runs."""
+    from fewshot.datasets.lake_runs import find_lake_runs, lake_error, load_lake_runs
+    from fewshot.tasks.sources import character, omniglot_part
+    from fewshot.train import load_learner
+
+    fixed = [flag for flag, value in (("--split", args.split), ("--ways", args.ways), ("--shots", args.shots),
+                                      ("--queries", args.queries), ("--dataset", args.dataset)) if value is not None]
+    if fixed:
+        raise ValueError(f"{args.benchmark} fixes its own episodes (20-way 1-shot runs); drop {', '.join(fixed)}")
+    learner, cfg = load_learner(Path(args.run_dir), args.checkpoint)
+    if cfg.dataset != "omniglot":
+        raise ValueError(f"run {args.run_dir} was trained on {cfg.dataset}; {args.benchmark} needs an omniglot run")
+    source = find_lake_runs(args.data_root)
+    runs = load_lake_runs(args.data_root, cfg.image_size)
+    ways = {run.ways for run in runs}
+    if cfg.algo in GRADIENT_ALGOS and ways != {cfg.ways}:
+        raise ValueError(f"{cfg.algo} run {args.run_dir} has a {cfg.ways}-way head but the runs are "
+                         f"{'/'.join(map(str, sorted(ways)))}-way; train it with --ways 20")
+    if all(run.characters is not None for run in runs):
+        seen = {character(c) for c in omniglot_part(cfg, "train").class_names}
+        overlap = sorted(seen & {c for run in runs for c in run.characters})
+        if overlap:
+            raise ValueError(f"the runs in {source} share {len(overlap)} characters with this run's training classes "
+                             f"(e.g. {overlap[0]}); build them from held-out alphabets "
+                             "(python benchmarks/make_lake_runs.py --data-root DIR)")
+    else:
+        trained_on = "" if cfg.split == "background" else (
+            f" This run trained on {cfg.split}, which holds evaluation-set alphabets, the source of the official "
+            "runs: the score may be optimistic.")
+        print(f"note: {source} has no fixture.json manifest (as the official archive); its characters were not "
+              f"checked against this run's training classes.{trained_on}", file=sys.stderr)
+    steps = args.inner_steps if args.inner_steps is not None else cfg.test_inner_steps
+    result = lake_error(learner, runs, inner_steps=steps)
+    summary = {"benchmark": args.benchmark, **result, "ways": max(ways), "shots": 1, "source": str(source)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"error: {result['mean']:.4f} ± {result['ci95']:.4f} ({result['runs']} runs, "
+              f"{'/'.join(map(str, sorted(ways)))}-way 1-shot within one alphabet, {args.benchmark} from {source}, "
+              f"{steps} inner steps)")
 
 
 def _download(args: argparse.Namespace) -> None:

@@ -33,6 +33,7 @@ class RunConfig:
     queries: int = 15
     train_ways: int | None = None      # ways of training episodes (None: same as ways)
     train_queries: int | None = None   # queries of training episodes (None: same as queries)
+    within_alphabet: bool = False      # omniglot: training and validation episodes drawn within one alphabet
     meta_batch: int = 32
     steps: int = 2000
     inner_steps: int = 1
@@ -69,6 +70,8 @@ class RunConfig:
         if self.dataset == "omniglot" and self.split not in OMNIGLOT_SPLITS:
             raise ValueError(f"unknown omniglot training split {self.split!r}; choose one of "
                              f"{', '.join(OMNIGLOT_SPLITS)}")
+        if self.within_alphabet and self.dataset != "omniglot":
+            raise ValueError(f"within_alphabet applies to omniglot episodes, not {self.dataset}; drop it")
         if not self.margin > 0:
             raise ValueError(f"margin must be > 0, got {self.margin}")
         for name in ("ways", "shots", "queries", "meta_batch", "steps", "image_size", "val_every", "batch_size",

@@ -28,12 +28,16 @@ class ClassificationTasks(Dataset):
         ways, shots, queries: N, K and Q.
         seed: the stream's seed; episode ``i`` depends only on ``(seed, i)``.
         num_episodes: the dataset's length (episodes are drawn lazily).
+        within_group: draw each episode's classes from one group (``data.class_groups``,
+            the Omniglot alphabet), as Lake et al. (2015) do: episode ``i`` first draws a
+            group uniformly among the groups with at least ``ways`` eligible classes
+            (classes with ``shots + queries`` examples), then ``ways`` of its classes.
     """
 
     kind = "classification"
 
     def __init__(self, data: LabelledData, ways: int, shots: int, queries: int, seed: int = 0,
-                 num_episodes: int = 10**9):
+                 num_episodes: int = 10**9, within_group: bool = False):
         for name, value, low in (("ways", ways, 2), ("shots", shots, 1), ("queries", queries, 1),
                                  ("num_episodes", num_episodes, 1)):
             if not isinstance(value, int) or value < low:
@@ -51,6 +55,18 @@ class ClassificationTasks(Dataset):
         self.data, self.ways, self.shots, self.queries = data, ways, shots, queries
         self.seed, self.num_episodes = seed, num_episodes
         self.eligible = eligible
+        self.within_group = within_group
+        self._groups: list[torch.Tensor] = []   # eligible classes of each group big enough, by group name
+        if within_group:
+            by_group: dict[str, list[int]] = {}
+            for c in eligible.tolist():
+                by_group.setdefault(data.class_groups[c], []).append(c)
+            self._groups = [torch.tensor(by_group[name]) for name in sorted(by_group) if len(by_group[name]) >= ways]
+            if not self._groups:
+                largest = max((len(v) for v in by_group.values()), default=0)
+                raise ValueError(f"within-group episodes need a group (alphabet) with at least ways={ways} classes "
+                                 f"of {need} or more examples, but the largest group has {largest}; lower ways "
+                                 f"(or shots + queries), or turn off within-group episodes")
         order = torch.argsort(data.y, stable=True)
         self._offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
         self._by_class = order
@@ -79,6 +95,9 @@ class ClassificationTasks(Dataset):
         return self._draw_classes(generator(self.seed, index))
 
     def _draw_classes(self, g: torch.Generator) -> list[int]:
+        if self.within_group:
+            pool = self._groups[int(torch.randint(len(self._groups), (1,), generator=g))]
+            return pool[torch.randperm(len(pool), generator=g)[: self.ways]].tolist()
         return self.eligible[torch.randperm(len(self.eligible), generator=g)[: self.ways]].tolist()
 
     def _inputs(self, idx: torch.Tensor) -> torch.Tensor:

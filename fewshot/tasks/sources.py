@@ -98,7 +98,8 @@ def eval_data(config: RunConfig, split: str | None, data_root: str | None) -> tu
 
 
 def train_tasks(config: RunConfig) -> Dataset:
-    """The run's stream of training episodes (seeded by the run's seed)."""
+    """The run's stream of training episodes (seeded by the run's seed); with ``within_alphabet``, each
+    episode's classes come from one alphabet (the Lake et al. 2015 protocol)."""
     seed = derive_seed(config.seed, 0)
     ways = config.train_ways or config.ways
     queries = config.train_queries or config.queries
@@ -106,15 +107,18 @@ def train_tasks(config: RunConfig) -> Dataset:
         return SinusoidTasks(config.shots, queries, seed=seed)
     if config.algo == "finetune":
         return PretrainBatches(omniglot_part(config, "train"), config.batch_size, seed=seed)
-    return ClassificationTasks(omniglot_part(config, "train"), ways, config.shots, queries, seed=seed)
+    return ClassificationTasks(omniglot_part(config, "train"), ways, config.shots, queries, seed=seed,
+                               within_group=config.within_alphabet)
 
 
 def val_tasks(config: RunConfig) -> Dataset:
-    """Validation episodes: the run's ways, shots and queries, on held-out classes."""
+    """Validation episodes: the run's ways, shots and queries, on held-out classes (within one
+    alphabet when ``within_alphabet``)."""
     seed = derive_seed(config.seed, 1)
     if config.dataset == "sinusoid":
         return SinusoidTasks(config.shots, config.queries, seed=seed)
-    return ClassificationTasks(omniglot_part(config, "val"), config.ways, config.shots, config.queries, seed=seed)
+    return ClassificationTasks(omniglot_part(config, "val"), config.ways, config.shots, config.queries, seed=seed,
+                               within_group=config.within_alphabet)
 
 
 def test_tasks(config: RunConfig, split: str | None = None, data_root: str | None = None, *,
