@@ -56,6 +56,8 @@ def _episode_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_nonnegative_int, help="random seed")
     p.add_argument("--data-root", help="directory holding omniglot/images_background.zip, ... "
                                        "(default: $FEWSHOT_DATA_ROOT, then the embedded background set)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice; use 1 "
+                                                       "when other jobs share the cores)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         {"train": _train, "eval": _eval, "download": _download}[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:

@@ -7,7 +7,7 @@ results of different learners on the same source and seed are paired comparisons
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import Dataset
@@ -23,7 +23,7 @@ class EvalResult:
     metric: str
     mean: float
     ci95: float
-    values: tuple[float, ...]
+    values: tuple[float, ...] = field(repr=False)
 
     @property
     def episodes(self) -> int:
