@@ -146,3 +146,13 @@ def test_unknown_algo_in_yaml_is_refused(tmp_path):
 def test_wrong_flag_type_is_refused():
     with pytest.raises(ValueError, match="'ways'"):
         resolve({}, {"ways": "5"})
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_recipes_resolve_to_valid_configs(path):
+    """Every recipe in configs/ loads, type-checks and validates; its keys are what the run will use."""
+    values = load_yaml(path)
+    config = resolve(values, {})
+    for key, value in values.items():
+        assert getattr(config, key) == value, key
