@@ -204,3 +204,8 @@ def test_every_algorithm_trains_and_evaluates_on_omniglot(algo, tmp_path, capsys
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["episodes"] == 3 and 0.0 <= result["mean"] <= 1.0
+
+
+def test_eval_of_a_sinusoid_run_refuses_a_split(sinusoid_run, capsys):
+    code, out, err = cli(["eval", sinusoid_run, "--split", "evaluation", "--episodes", "2"], capsys)
+    assert_bad_input(code, out, err, "sinusoid", "--split")

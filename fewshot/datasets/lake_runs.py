@@ -132,22 +132,17 @@ def lake_error(learner: Any, runs: Sequence[LakeRun], inner_steps: int | None = 
 
     The learner is put in eval mode (and restored). Returns ``{"metric": "error", "mean": …,
     "ci95": …, "runs": len(runs), "per_run": [error of each run]}``; ``ci95`` is
-    ``1.96 * std / sqrt(runs)`` over the runs, as :func:`~fewshot.evaluate.evaluate` computes it.
+    ``1.96 * std / sqrt(runs)`` over the runs, computed by :func:`~fewshot.evaluate.evaluate`.
     """
-    from fewshot.evaluate import confidence_interval
+    from fewshot.evaluate import evaluate
 
     if not runs:
         raise ValueError("no Lake runs to evaluate on")
     if getattr(learner, "task", "classification") != "classification":
         raise ValueError(f"the Lake runs are classification; this learner does {learner.task}")
-    device = next(iter(learner.parameters()), torch.empty(0)).device
-    was_training = learner.training
-    learner.eval()
-    try:
-        errors = [1.0 - float(learner.evaluate_episode(run.episode().to(device), steps=inner_steps)) for run in runs]
-    finally:
-        learner.train(was_training)
-    mean, ci95 = confidence_interval(errors)
+    result = evaluate(learner, [run.episode() for run in runs], len(runs), inner_steps=inner_steps)
+    errors = [1.0 - accuracy for accuracy in result.values]
+    mean, ci95 = 1.0 - result.mean, result.ci95
     return {"metric": "error", "mean": mean, "ci95": ci95, "runs": len(runs), "per_run": errors}
 
 

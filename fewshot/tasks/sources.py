@@ -127,6 +127,8 @@ def test_tasks(config: RunConfig, split: str | None = None, data_root: str | Non
     """The evaluation episodes (name of the data, task source); ``seed`` fixes the episodes."""
     ways, shots, queries = ways or config.ways, shots or config.shots, queries or config.queries
     if config.dataset == "sinusoid":
+        if split not in (None, "test"):
+            raise ValueError(f"sinusoid tasks have no splits (got --split {split}); drop --split")
         return "sinusoid", SinusoidTasks(shots, queries, seed=seed)
     name, data = eval_data(config, split, data_root)
     return name, ClassificationTasks(data, ways, shots, queries, seed=seed)
