@@ -1,0 +1,116 @@
+"""Meta-learning vs transfer learning: every learner, one Omniglot split, one training budget, one table.
+
+Each learner is trained by ``fewshot train`` with its recipe (``fewshot/config.py``) for the
+same wall-clock budget on the Lake background protocol (training alphabets of the shipped
+background set; test episodes from the 5 held-out alphabets), then scored by ``fewshot eval``
+on 600 episodes of each of 5-way 1-shot, 5-way 5-shot, 20-way 1-shot and 20-way 5-shot. The
+learners whose output layer fixes the number of ways (MAML, first-order MAML, ANIL, Meta-SGD,
+Reptile) are trained twice, 5-way and 20-way, with half the budget each, so every learner gets
+the same total budget. Training time is the wall time of ``fewshot train``: the loop stops at
+the budget, and start-up, validation and the run's own final 600-episode test add to it. Peak
+memory is the maximum resident set size of the training process.
+
+    python benchmarks/meta_vs_transfer.py                      # 300 s per learner, ~1 h on 2 cores
+    python benchmarks/meta_vs_transfer.py --budget 30 --episodes 100 --learners protonet maml
+
+Results go to ``OUT/results.jsonl`` (one JSON object per learner); a learner whose result is
+already there is not trained again, so an interrupted run resumes where it stopped. The table
+is printed as Markdown at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fewshot.config import ALGOS, GRADIENT_ALGOS
+
+SETTINGS = ((5, 1), (5, 5), (20, 1), (20, 5))    # (ways, shots) of the test episodes
+
+
+def _fewshot(argv: list[str]) -> tuple[str, float, float]:
+    """Run ``fewshot ARGV`` in a child process: (stdout, wall seconds, the child's peak RSS in MB)."""
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True)
+    seconds = time.monotonic() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"fewshot {' '.join(argv)} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    *lines, usage = proc.stdout.rstrip("\n").split("\n")
+    return "\n".join(lines), seconds, json.loads(usage)["peak_mb"]
+
+
+def _child(argv: list[str]) -> int:
+    """Run the CLI in this process, then print its peak resident set size as the last stdout line."""
+    from fewshot.cli import main
+
+    code = main(argv)
+    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+    return code
+
+
+def benchmark_learner(algo: str, out: Path, budget: float, episodes: int, common: list[str]) -> dict:
+    """Train ``algo`` within ``budget`` seconds and score it on :data:`SETTINGS`."""
+    ways_of_runs = (5, 20) if algo in GRADIENT_ALGOS else (5,)
+    runs, seconds, peak = {}, 0.0, 0.0
+    for ways in ways_of_runs:
+        run = out / f"{algo}-{ways}way"
+        _, s, mb = _fewshot(["train", "--algo", algo, "--ways", str(ways), "--steps", "1000000", "--time-limit",
+                             str(budget / len(ways_of_runs)), "--out", str(run), "--no-progress", *common])
+        runs[ways], seconds, peak = run, seconds + s, max(peak, mb)
+    row = {"learner": algo, "train_s": round(seconds, 1), "peak_mb": round(peak, 1), "budget_s": budget}
+    for ways, shots in SETTINGS:
+        run = runs[ways if ways in runs else 5]
+        stdout, _, _ = _fewshot(["eval", str(run), "--ways", str(ways), "--shots", str(shots), "--episodes",
+                                 str(episodes), "--json", *common])
+        result = json.loads(stdout.splitlines()[-1])
+        row[f"{ways}w{shots}s"] = {"mean": result["mean"], "ci95": result["ci95"], "episodes": result["episodes"]}
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    head = "| learner | " + " | ".join(f"{w}w{s}s" for w, s in SETTINGS) + " | training (s) | peak memory (MB) |"
+    lines = [head, "|" + "---|" * (len(SETTINGS) + 3)]
+    for row in rows:
+        cells = [f"{100 * row[f'{w}w{s}s']['mean']:.2f} ± {100 * row[f'{w}w{s}s']['ci95']:.2f}" for w, s in SETTINGS]
+        lines.append(f"| {row['learner']} | " + " | ".join(cells) + f" | {row['train_s']:.0f} | {row['peak_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return _child(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--learners", nargs="+", choices=ALGOS, default=list(ALGOS), help="default: all")
+    parser.add_argument("--budget", type=float, default=300.0, help="training seconds per learner (default 300)")
+    parser.add_argument("--episodes", type=int, default=600, help="test episodes per setting (default 600)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each child (default 1)")
+    parser.add_argument("--out", default="runs/meta-vs-transfer", help="directory of the runs and results.jsonl")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    done = {}
+    if results.is_file():
+        done = {r["learner"]: r for r in map(json.loads, results.read_text().splitlines()) if r["budget_s"] == args.budget}
+    for algo in args.learners:
+        if algo in done:
+            print(f"{algo}: already measured in {results}", file=sys.stderr)
+            continue
+        print(f"{algo}: training for {args.budget:.0f} s, then {len(SETTINGS)} x {args.episodes} test episodes",
+              file=sys.stderr, flush=True)
+        done[algo] = benchmark_learner(algo, out, args.budget, args.episodes, ["--threads", str(args.threads)])
+        with open(results, "a") as f:
+            f.write(json.dumps(done[algo]) + "\n")
+    print(markdown([done[a] for a in args.learners]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
