@@ -1,12 +1,14 @@
 """The ``fewshot`` command: ``train``, ``eval`` and ``download``.
 
-Bad input exits with status 2 and one line naming the problem and the fix.
+Bad input exits with status 2 and one line naming the problem and the fix; a failure of
+the system (a full disk, an unreachable server) exits with status 1 and one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Sequence
 from fewshot.config import ALGOS, DATASETS, GRADIENT_ALGOS, load_yaml
 
 EXIT_BAD_INPUT = 2
+EXIT_SYSTEM_ERROR = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,8 +43,8 @@ def _nonnegative_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
@@ -73,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--inner-lr", type=_positive_float, help="inner step size alpha")
     train.add_argument("--lr", type=_positive_float, help="outer (Adam) learning rate")
     train.add_argument("--time-limit", type=_positive_float, help="stop cleanly after this many seconds")
+    train.add_argument("--on-nonfinite", choices=("stop", "skip"),
+                       help="a NaN/inf meta-loss or gradient: stop, keeping the last good checkpoint (default), "
+                            "or skip that meta-batch")
     train.add_argument("--out", help="run directory (default runs/<time>-<algo>-<dataset>)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -94,14 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from fewshot import distributed
+
+    distributed.init_from_env()     # under torchrun: one process of several
+    try:
+        _train_in_group(args)
+    finally:
+        distributed.shutdown()
+
+
+def _train_in_group(args: argparse.Namespace) -> None:
+    from fewshot.distributed import Ranks
     from fewshot.evaluate import evaluate
+    from fewshot.files import atomic_write
     from fewshot.tasks.sources import test_tasks
     from fewshot.train import Trainer, run_config
 
     flags = {"algo": args.algo, "dataset": args.dataset, "split": args.split, "ways": args.ways,
              "shots": args.shots, "queries": args.queries, "meta_batch": args.meta_batch, "steps": args.steps,
              "inner_steps": args.inner_steps, "inner_lr": args.inner_lr, "lr": args.lr,
-             "time_limit": args.time_limit, "seed": args.seed, "data_root": args.data_root}
+             "time_limit": args.time_limit, "seed": args.seed, "data_root": args.data_root,
+             "on_nonfinite": args.on_nonfinite}
     file_values = load_yaml(args.config) if args.config else {}
     out = args.out
     if out is None:
@@ -110,16 +129,21 @@ def _train(args: argparse.Namespace) -> None:
         out = f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{algo}-{dataset}"
     config = run_config(Path(out), file_values, flags)
     trainer = Trainer(config, Path(out), progress=not args.no_progress)
-    print(f"run directory: {out}", file=sys.stderr)
+    main = Ranks.current().main
+    if main:
+        print(f"run directory: {out}", file=sys.stderr)
     result = trainer.run()
+    if not main:
+        return
     note = " (stopped by --time-limit)" if result.stopped_early else ""
-    print(f"trained {result.step} steps{note}; best validation {result.best_val:.4f}", file=sys.stderr)
+    skipped = f"; skipped {result.skipped} meta-batches with a non-finite loss" if result.skipped else ""
+    print(f"trained {result.step} steps{note}{skipped}; best validation {result.best_val:.4f}", file=sys.stderr)
     from fewshot.train import load_learner
     learner, cfg = load_learner(Path(out))
     name, tasks = test_tasks(cfg)
     res = evaluate(learner, tasks, cfg.test_episodes, inner_steps=cfg.test_inner_steps, progress=True)
     summary = _summary(res, cfg.dataset, name, cfg.ways, cfg.shots)
-    (Path(out) / "test.json").write_text(json.dumps(summary) + "\n")
+    atomic_write(Path(out) / "test.json", (json.dumps(summary) + "\n").encode())
     print(f"test {res.metric}: {res.mean:.4f} ± {res.ci95:.4f} ({res.episodes} episodes, "
           f"{cfg.ways}-way {cfg.shots}-shot, {name})")
 
@@ -220,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"fewshot {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as e:
+        print(f"fewshot {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_SYSTEM_ERROR
     except KeyboardInterrupt:
         print(f"fewshot {args.command}: interrupted; resume with the same --out", file=sys.stderr)
         return 130
