@@ -3,10 +3,11 @@
 Each meta-batch of ``T`` tasks is split across the ``W`` ranks: rank ``r`` takes the
 contiguous slice :func:`task_slice` of the step's task indices, so the ranks draw
 disjoint, deterministic episodes (episode ``i`` depends only on ``(seed, i)``). Each rank
-backpropagates the mean loss of its own ``T_r`` tasks; :meth:`Ranks.reduce_step` scales
-the gradients and metrics by ``T_r / T`` and sums them over the ranks, which gives the
-mean over all ``T`` tasks: the meta-gradient of one process with the same meta-batch.
-Every rank then takes the same optimizer step, so the parameters stay equal everywhere.
+backpropagates the losses of its own ``T_r`` tasks divided by ``T``
+(``meta_backward(batch, total_tasks=T)``), and :meth:`Ranks.reduce_step` sums the
+gradients over the ranks: the mean over all ``T`` tasks, the meta-gradient of one process
+with the same meta-batch up to the order of the floating-point additions. Every rank then
+takes the same optimizer step, so the parameters stay equal on every rank.
 Rank 0 alone writes the run directory, validates and prints.
 
 One process (no ``torchrun``) is the case ``W = 1``, where every method is a no-op.
@@ -63,24 +64,21 @@ class Ranks:
 
     def reduce_step(self, params: list[torch.Tensor], metrics: dict[str, float], local: int,
                     total: int) -> dict[str, float]:
-        """Turn this rank's mean over ``local`` tasks into the mean over all ``total`` tasks.
-
-        The ``.grad`` of ``params`` (those that have one) become the all-reduced
-        meta-gradient, the same on every rank; the returned metrics are the means over all
-        tasks.
+        """Sum the ``.grad`` of ``params`` (this rank's ``local`` tasks, each divided by ``total``) over
+        the ranks, giving every rank the meta-gradient of all ``total`` tasks; return the metrics
+        (this rank's means over its tasks) as means over all tasks.
         """
         if self.world == 1:
             return metrics
-        weight = local / total
         grads = [p.grad for p in params if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads]) * weight
+        flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         offset = 0
         for g in grads:
             g.copy_(flat[offset: offset + g.numel()].view_as(g))
             offset += g.numel()
         keys = list(metrics)
-        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64) * weight
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64) * (local / total)
         dist.all_reduce(values)
         return dict(zip(keys, values.tolist()))
 

@@ -230,7 +230,7 @@ class Trainer:
         mine = task_slice(cfg.meta_batch, self.ranks.rank, self.ranks.world)
         batch = stack_episodes([self.train_tasks[first + t] for t in mine])
         self.optimizer.zero_grad(set_to_none=True)
-        metrics = self.learner.meta_backward(batch)
+        metrics = self.learner.meta_backward(batch, total_tasks=cfg.meta_batch)
         params = list(self.learner.parameters())
         metrics = self.ranks.reduce_step(params, metrics, len(mine), cfg.meta_batch)
         pause_point("train-step")

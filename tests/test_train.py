@@ -162,8 +162,8 @@ def test_non_finite_loss_raises_naming_the_step(tmp_path, monkeypatch):
     trainer = Trainer(tiny_sinusoid(steps=6), run, progress=False)
     real = trainer.learner.meta_backward
 
-    def nan_at_step_3(batch):
-        out = real(batch)
+    def nan_at_step_3(batch, **kwargs):
+        out = real(batch, **kwargs)
         return {**out, "loss": float("nan")} if trainer.step == 2 else out
     monkeypatch.setattr(trainer.learner, "meta_backward", nan_at_step_3)
     with pytest.raises(FloatingPointError, match="step 3"):
@@ -180,8 +180,8 @@ def nan_loss_at(trainer: Trainer, step: int, monkeypatch) -> None:
     """Make the meta-loss of step ``step`` (1-based) NaN."""
     real = trainer.learner.meta_backward
 
-    def patched(batch):
-        out = real(batch)
+    def patched(batch, **kwargs):
+        out = real(batch, **kwargs)
         return {**out, "loss": float("nan")} if trainer.step == step - 1 else out
     monkeypatch.setattr(trainer.learner, "meta_backward", patched)
 
@@ -215,8 +215,8 @@ def test_non_finite_gradient_stops_naming_the_step(tmp_path, monkeypatch):
     trainer = Trainer(tiny_sinusoid(steps=6), run, progress=False)
     real = trainer.learner.meta_backward
 
-    def inf_grad_at_step_5(batch):
-        out = real(batch)
+    def inf_grad_at_step_5(batch, **kwargs):
+        out = real(batch, **kwargs)
         if trainer.step == 4:
             next(trainer.learner.parameters()).grad[0] = float("inf")
         return out
