@@ -27,22 +27,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
+def _integer_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text}")
+        return value
+    return parse
 
 
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
+_positive_int, _nonnegative_int = _integer_at_least(1), _integer_at_least(0)
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
@@ -229,6 +233,10 @@ def _download(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _one_line(error: Exception) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fewshot`` command; returns the exit status."""
     try:
@@ -242,10 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         {"train": _train, "eval": _eval, "download": _download}[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f"fewshot {args.command}: error: {e}", file=sys.stderr)
+        print(f"fewshot {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:
-        print(f"fewshot {args.command}: error: {e}", file=sys.stderr)
+        print(f"fewshot {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_SYSTEM_ERROR
     except KeyboardInterrupt:
         print(f"fewshot {args.command}: interrupted; resume with the same --out", file=sys.stderr)

@@ -74,9 +74,6 @@ class RunConfig:
                              f"{', '.join(OMNIGLOT_SPLITS)}")
         if self.within_alphabet and self.dataset != "omniglot":
             raise ValueError(f"within_alphabet applies to omniglot episodes, not {self.dataset}; drop it")
-        if self.dataset == "sinusoid" and (self.ways, self.train_ways) not in ((1, None), (1, 1)):
-            raise ValueError(f"sinusoid tasks are regression with one output; ways must be 1, got "
-                             f"{self.train_ways or self.ways}")
         for name in ("margin", "inner_lr", "lr"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
@@ -109,6 +106,9 @@ class RunConfig:
         if self.dataset == "sinusoid" and self.algo not in GRADIENT_ALGOS:
             raise ValueError(f"{self.algo} is a classifier; sinusoid is regression: choose one of "
                              f"{', '.join(GRADIENT_ALGOS)}")
+        if self.dataset == "sinusoid" and (self.ways, self.train_ways) not in ((1, None), (1, 1)):
+            raise ValueError(f"sinusoid tasks are regression with one output; ways must be 1, got "
+                             f"{self.train_ways or self.ways}")
         if self.net not in ("conv4-pool", "conv4-strided", "mlp"):
             raise ValueError(f"unknown net {self.net!r}; choose conv4-pool, conv4-strided or mlp")
         if (self.net == "mlp") != (self.dataset == "sinusoid"):
@@ -163,11 +163,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+        raise ValueError(f"config file {path} is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of option: value")
     check_types(data, source=str(path))
     return data
+
+
+def yaml_problem(error: Exception) -> str:
+    """One line for a YAML (or text decoding) error: the problem and where it is."""
+    mark = getattr(error, "problem_mark", None)
+    if getattr(error, "problem", None) and mark is not None:
+        return f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(error).split())
 
 
 def check_types(values: dict[str, Any], source: str) -> None:

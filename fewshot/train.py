@@ -31,7 +31,7 @@ import yaml
 from tqdm import tqdm
 
 from fewshot.checkpoint import load_model, load_optimizer, read_checkpoint, save_checkpoint
-from fewshot.config import RunConfig, check_types, resolve
+from fewshot.config import RunConfig, check_types, resolve, yaml_problem
 from fewshot.distributed import Ranks, task_slice
 from fewshot.evaluate import EvalResult, evaluate
 from fewshot.faults import pause_point
@@ -67,7 +67,7 @@ def load_run_config(run_dir: Path) -> RunConfig:
     try:
         values = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise RunError(f"{path} is not valid YAML ({e}); the run directory is damaged") from None
+        raise RunError(f"{path} is not valid YAML ({yaml_problem(e)}); the run directory is damaged") from None
     if not isinstance(values, dict):
         raise RunError(f"{path} does not hold a run config; the run directory is damaged")
     check_types(values, source=str(path))
