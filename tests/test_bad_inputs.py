@@ -208,8 +208,8 @@ def documented() -> dict[str, tuple[str, str]]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_is_refused_as_the_table_says(case, d, capsys, monkeypatch, tmp_path):
-    monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
+def test_bad_input_is_refused_as_the_table_says(case, d, capsys, monkeypatch):
+    monkeypatch.setenv("FEWSHOT_CACHE", str(d / "cache"))       # decoded once for the module, kept out of ~/.cache
     kind, message = answer(case, d, capsys)
     message = message.replace(str(d), "DIR")
     expected_kind, expected = documented()[case.id]
