@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file of options (flags override it)")
     train.add_argument("--algo", choices=ALGOS, help="learner (default protonet)")
     _episode_flags(train)
+    train.add_argument("--train-ways", type=_positive_int, help="classes per training episode (default: --ways)")
+    train.add_argument("--train-queries", type=_positive_int,
+                       help="queries per class of training episodes (default: --queries)")
+    train.add_argument("--within-alphabet", action="store_true", default=None,
+                       help="draw each training and validation episode's classes from one alphabet "
+                            "(the Lake one-shot benchmark's setting)")
     train.add_argument("--meta-batch", type=_positive_int, help="tasks per meta-update (T)")
     train.add_argument("--steps", type=_positive_int, help="meta-updates")
     train.add_argument("--inner-lr", type=_positive_float, help="inner step size alpha")
@@ -121,7 +127,9 @@ def _train_in_group(args: argparse.Namespace) -> None:
     from fewshot.train import Trainer, run_config
 
     flags = {"algo": args.algo, "dataset": args.dataset, "split": args.split, "ways": args.ways,
-             "shots": args.shots, "queries": args.queries, "meta_batch": args.meta_batch, "steps": args.steps,
+             "shots": args.shots, "queries": args.queries, "train_ways": args.train_ways,
+             "train_queries": args.train_queries, "within_alphabet": args.within_alphabet,
+             "meta_batch": args.meta_batch, "steps": args.steps,
              "inner_steps": args.inner_steps, "inner_lr": args.inner_lr, "lr": args.lr,
              "time_limit": args.time_limit, "seed": args.seed, "data_root": args.data_root,
              "on_nonfinite": args.on_nonfinite}

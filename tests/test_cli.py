@@ -209,3 +209,16 @@ def test_every_algorithm_trains_and_evaluates_on_omniglot(algo, tmp_path, capsys
 def test_eval_of_a_sinusoid_run_refuses_a_split(sinusoid_run, capsys):
     code, out, err = cli(["eval", sinusoid_run, "--split", "evaluation", "--episodes", "2"], capsys)
     assert_bad_input(code, out, err, "sinusoid", "--split")
+
+
+def test_train_flags_for_within_alphabet_episodes(tmp_path, capsys):
+    """--within-alphabet, --train-ways and --train-queries reach the run's config."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"val_episodes": 2, "test_episodes": 2, "val_every": 1}))
+    run = tmp_path / "run"
+    code, out, err = cli(["train", "--config", config, "--algo", "protonet", "--steps", "1", "--ways", "20",
+                          "--queries", "1", "--train-ways", "20", "--train-queries", "2", "--within-alphabet",
+                          "--out", run, "--no-progress"], capsys)
+    assert code == 0, err
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["within_alphabet"], saved["train_ways"], saved["train_queries"], saved["ways"]) == (True, 20, 2, 20)

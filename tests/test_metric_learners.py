@@ -12,7 +12,7 @@ from fewshot.evaluate import evaluate
 from fewshot.learners.base import Learner
 from fewshot.learners.finetune import FineTune
 from fewshot.tasks.pretrain import PretrainBatches
-from fewshot.learners.matching import MatchingNet, cosine_attention
+from fewshot.learners.matching import MatchingNet, attention_log_probs, cosine_attention
 from fewshot.learners.relation import RelationModule, RelationNet, class_features, relation_encoder
 from fewshot.learners.siamese import SiameseNet
 from fewshot.nets import Conv4
@@ -85,6 +85,15 @@ def test_cosine_attention_is_the_softmax_of_cosine_similarities():
     torch.testing.assert_close(cosine_attention(q, s), cos.softmax(dim=1))
     # scale-free: cosine ignores the norms
     torch.testing.assert_close(cosine_attention(5 * q, 0.1 * s), cosine_attention(q, s))
+    torch.testing.assert_close(cosine_attention(q, s, scale=10.0), (10 * cos).softmax(dim=1))
+
+
+def test_matching_log_probs_stay_finite_for_a_peaked_attention():
+    scores = torch.tensor([[300.0, -300.0, 0.0], [-300.0, 300.0, -300.0]])     # softmax underflows to 0
+    log_probs = attention_log_probs(scores, torch.tensor([0, 1, 1]), ways=2)
+    assert bool(torch.isfinite(log_probs).all())
+    torch.testing.assert_close(log_probs.exp().sum(1), torch.ones(2))
+    torch.testing.assert_close(log_probs[0, 1], torch.logsumexp(torch.tensor([-600.0, -300.0]), 0))
 
 
 @pytest.mark.parametrize("fce", [False, True])
@@ -107,7 +116,7 @@ def test_matching_training_and_evaluation_embed_support_and_query_together():
     ep = image_episode(size=16)
     joint = learner.episode_logits(ep)
     z = learner.encoder(torch.cat([ep.support_x, ep.query_x]))
-    expected = (cosine_attention(z[10:], z[:10]) @ F.one_hot(ep.support_y, 5).float()).log()
+    expected = (cosine_attention(z[10:], z[:10], scale=learner.scale) @ F.one_hot(ep.support_y, 5).float()).log()
     torch.testing.assert_close(joint, expected)
     loss, metrics = learner.episode_loss(ep)
     assert loss.item() == pytest.approx(F.cross_entropy(expected, ep.query_y).item(), rel=1e-5)
