@@ -160,12 +160,7 @@ def test_meta_training_improves_sinusoid_regression(tmp_path):
 def test_non_finite_loss_raises_naming_the_step(tmp_path, monkeypatch):
     run = tmp_path / "run"
     trainer = Trainer(tiny_sinusoid(steps=6), run, progress=False)
-    real = trainer.learner.meta_backward
-
-    def nan_at_step_3(batch, **kwargs):
-        out = real(batch, **kwargs)
-        return {**out, "loss": float("nan")} if trainer.step == 2 else out
-    monkeypatch.setattr(trainer.learner, "meta_backward", nan_at_step_3)
+    nan_loss_at(trainer, 3, monkeypatch)
     with pytest.raises(FloatingPointError, match="step 3"):
         trainer.run()
     assert read_checkpoint(run / "checkpoints", "last")[1]["state"]["step"] == 2    # the last good one
