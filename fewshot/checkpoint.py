@@ -22,7 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from fewshot.files import atomic_write
+from fewshot.faults import pause_point
+from fewshot.files import atomic_write, remove_partial_writes
 
 
 class CheckpointError(ValueError):
@@ -55,10 +56,13 @@ def save_checkpoint(directory: Path, name: str, model: torch.nn.Module, optimize
     meta = {"format": "fewshot-checkpoint-1", "tensors": tensor_file, "tensors_sha256": digest,
             "optimizer": opt_plain, "state": state}
     atomic_write(directory / tensor_file, blob)
+    pause_point(f"commit-{name}")
     atomic_write(directory / f"{name}.json", json.dumps(meta, indent=1).encode())
     for stale in directory.glob(f"{name}-*.safetensors"):   # the previous version, or one a crash orphaned
         if stale.name != tensor_file:
             stale.unlink(missing_ok=True)
+    remove_partial_writes(directory, f"{name}-*.safetensors")   # temporary files a crash left
+    remove_partial_writes(directory, f"{name}.json")
 
 
 def tensor_path(directory: Path, name: str) -> Path:

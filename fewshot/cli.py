@@ -1,12 +1,14 @@
 """The ``fewshot`` command: ``train``, ``eval`` and ``download``.
 
-Bad input exits with status 2 and one line naming the problem and the fix.
+Bad input exits with status 2 and one line naming the problem and the fix; a failure of
+the system (a full disk, an unreachable server) exits with status 1 and one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Sequence
 from fewshot.config import ALGOS, DATASETS, GRADIENT_ALGOS, load_yaml
 
 EXIT_BAD_INPUT = 2
+EXIT_SYSTEM_ERROR = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,24 +27,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
+def _integer_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text}")
+        return value
+    return parse
 
 
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
+_positive_int, _nonnegative_int = _integer_at_least(1), _integer_at_least(0)
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
@@ -79,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--inner-lr", type=_positive_float, help="inner step size alpha")
     train.add_argument("--lr", type=_positive_float, help="outer (Adam) learning rate")
     train.add_argument("--time-limit", type=_positive_float, help="stop cleanly after this many seconds")
+    train.add_argument("--on-nonfinite", choices=("stop", "skip"),
+                       help="a NaN/inf meta-loss or gradient: stop, keeping the last good checkpoint (default), "
+                            "or skip that meta-batch")
     train.add_argument("--out", help="run directory (default runs/<time>-<algo>-<dataset>)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -100,7 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from fewshot import distributed
+
+    distributed.init_from_env()     # under torchrun: one process of several
+    try:
+        _train_in_group(args)
+    finally:
+        distributed.shutdown()
+
+
+def _train_in_group(args: argparse.Namespace) -> None:
+    from fewshot.distributed import Ranks
     from fewshot.evaluate import evaluate
+    from fewshot.files import atomic_write
     from fewshot.tasks.sources import test_tasks
     from fewshot.train import Trainer, run_config
 
@@ -109,7 +131,8 @@ def _train(args: argparse.Namespace) -> None:
              "train_queries": args.train_queries, "within_alphabet": args.within_alphabet,
              "meta_batch": args.meta_batch, "steps": args.steps,
              "inner_steps": args.inner_steps, "inner_lr": args.inner_lr, "lr": args.lr,
-             "time_limit": args.time_limit, "seed": args.seed, "data_root": args.data_root}
+             "time_limit": args.time_limit, "seed": args.seed, "data_root": args.data_root,
+             "on_nonfinite": args.on_nonfinite}
     file_values = load_yaml(args.config) if args.config else {}
     out = args.out
     if out is None:
@@ -118,16 +141,21 @@ def _train(args: argparse.Namespace) -> None:
         out = f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{algo}-{dataset}"
     config = run_config(Path(out), file_values, flags)
     trainer = Trainer(config, Path(out), progress=not args.no_progress)
-    print(f"run directory: {out}", file=sys.stderr)
+    main = Ranks.current().main
+    if main:
+        print(f"run directory: {out}", file=sys.stderr)
     result = trainer.run()
+    if not main:
+        return
     note = " (stopped by --time-limit)" if result.stopped_early else ""
-    print(f"trained {result.step} steps{note}; best validation {result.best_val:.4f}", file=sys.stderr)
+    skipped = f"; skipped {result.skipped} meta-batches with a non-finite loss" if result.skipped else ""
+    print(f"trained {result.step} steps{note}{skipped}; best validation {result.best_val:.4f}", file=sys.stderr)
     from fewshot.train import load_learner
     learner, cfg = load_learner(Path(out))
     name, tasks = test_tasks(cfg)
     res = evaluate(learner, tasks, cfg.test_episodes, inner_steps=cfg.test_inner_steps, progress=True)
     summary = _summary(res, cfg.dataset, name, cfg.ways, cfg.shots)
-    (Path(out) / "test.json").write_text(json.dumps(summary) + "\n")
+    atomic_write(Path(out) / "test.json", (json.dumps(summary) + "\n").encode())
     print(f"test {res.metric}: {res.mean:.4f} ± {res.ci95:.4f} ({res.episodes} episodes, "
           f"{cfg.ways}-way {cfg.shots}-shot, {name})")
 
@@ -213,6 +241,10 @@ def _download(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _one_line(error: Exception) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fewshot`` command; returns the exit status."""
     try:
@@ -226,8 +258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         {"train": _train, "eval": _eval, "download": _download}[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f"fewshot {args.command}: error: {e}", file=sys.stderr)
+        print(f"fewshot {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as e:
+        print(f"fewshot {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_SYSTEM_ERROR
     except KeyboardInterrupt:
         print(f"fewshot {args.command}: interrupted; resume with the same --out", file=sys.stderr)
         return 130

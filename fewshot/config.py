@@ -8,6 +8,7 @@ The resolved config is written to ``RUN_DIR/config.yaml``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -58,6 +59,7 @@ class RunConfig:
     log_every: int = 10
     checkpoint_every: int = 100
     time_limit: float | None = None
+    on_nonfinite: str = "stop"         # a non-finite meta-loss or gradient: stop | skip (the meta-batch)
     seed: int = 0
     data_root: str | None = None
 
@@ -72,10 +74,13 @@ class RunConfig:
                              f"{', '.join(OMNIGLOT_SPLITS)}")
         if self.within_alphabet and self.dataset != "omniglot":
             raise ValueError(f"within_alphabet applies to omniglot episodes, not {self.dataset}; drop it")
+        for name in ("margin", "inner_lr", "lr"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if not self.margin > 0:
             raise ValueError(f"margin must be > 0, got {self.margin}")
         for name in ("ways", "shots", "queries", "meta_batch", "steps", "image_size", "val_every", "batch_size",
-                     "val_episodes", "test_episodes", "log_every", "checkpoint_every"):
+                     "val_episodes", "test_episodes", "log_every", "checkpoint_every", "holdout_val", "holdout_test"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("train_ways", "train_queries"):
@@ -92,9 +97,18 @@ class RunConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}; pass a positive learning rate")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit must be > 0 seconds, got {self.time_limit}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite must be stop or skip, got {self.on_nonfinite!r}")
+        if self.dataset == "omniglot" and self.image_size < 16:
+            raise ValueError(f"image_size must be >= 16 for the Conv-4 nets (four 2x2 poolings), got {self.image_size}")
         if self.dataset == "sinusoid" and self.algo not in GRADIENT_ALGOS:
             raise ValueError(f"{self.algo} is a classifier; sinusoid is regression: choose one of "
                              f"{', '.join(GRADIENT_ALGOS)}")
+        if self.dataset == "sinusoid" and (self.ways, self.train_ways) not in ((1, None), (1, 1)):
+            raise ValueError(f"sinusoid tasks are regression with one output; ways must be 1, got "
+                             f"{self.train_ways or self.ways}")
         if self.net not in ("conv4-pool", "conv4-strided", "mlp"):
             raise ValueError(f"unknown net {self.net!r}; choose conv4-pool, conv4-strided or mlp")
         if (self.net == "mlp") != (self.dataset == "sinusoid"):
@@ -148,12 +162,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"config file {path} not found; pass an existing YAML file to --config")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path} is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of option: value")
     check_types(data, source=str(path))
     return data
+
+
+def yaml_problem(error: Exception) -> str:
+    """One line for a YAML (or text decoding) error: the problem and where it is."""
+    mark = getattr(error, "problem_mark", None)
+    if getattr(error, "problem", None) and mark is not None:
+        return f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(error).split())
 
 
 def check_types(values: dict[str, Any], source: str) -> None:
@@ -170,7 +192,17 @@ def check_types(values: dict[str, Any], source: str) -> None:
         ok = (isinstance(value, expected) and not (expected is int and isinstance(value, bool))) or \
             (expected is float and isinstance(value, int) and not isinstance(value, bool))
         if not ok:
-            raise ValueError(f"{source}: option {key!r} must be {expected.__name__}, got {value!r}")
+            hint = (" (YAML reads 1e-3 as text: write 1.0e-3 or 0.001)"
+                    if expected is float and isinstance(value, str) and _is_number(value) else "")
+            raise ValueError(f"{source}: option {key!r} must be {expected.__name__}, got {value!r}{hint}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _base_type(hint: Any) -> type:

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from fewshot.faults import pause_point
 from fewshot.learners.base import Learner, metric_name
 
 
@@ -55,8 +56,10 @@ def evaluate(learner: Learner, tasks: Dataset, episodes: int = 600, inner_steps:
     was_training = learner.training
     learner.eval()
     try:
-        values = [learner.evaluate_episode(tasks[i], steps=inner_steps)
-                  for i in tqdm(range(episodes), desc="eval", disable=None if progress else True, leave=False)]
+        values = []
+        for i in tqdm(range(episodes), desc="eval", disable=None if progress else True, leave=False):
+            pause_point("evaluate-episode")
+            values.append(learner.evaluate_episode(tasks[i], steps=inner_steps))
     finally:
         learner.train(was_training)
     mean, ci95 = confidence_interval(values)

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from fewshot.faults import pause_point
+
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a fsynced temporary file in the same directory and ``os.replace``.
@@ -18,7 +20,10 @@ def atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            half = len(data) // 2
+            f.write(memoryview(data)[:half])
+            pause_point(f"write{path.suffix}")        # crash tests stop here, half the bytes written
+            f.write(memoryview(data)[half:])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -30,3 +35,9 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_partial_writes(directory: Path, name_glob: str) -> None:
+    """Delete the temporary files that an interrupted :func:`atomic_write` of ``directory/<name_glob>`` left."""
+    for tmp in Path(directory).glob(f".{name_glob}.*.tmp"):
+        tmp.unlink(missing_ok=True)

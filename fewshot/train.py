@@ -10,7 +10,11 @@ A run directory holds::
 
 Training on an existing run directory resumes from ``checkpoints/last``: the task
 stream is indexed by step, so the resumed run sees the episodes the uninterrupted one
-would have seen and ends where it would have ended.
+would have seen and ends where it would have ended, bit for bit, even after a SIGKILL
+at any moment (every file is replaced atomically; a log line cut short is dropped).
+
+Under ``torchrun`` each meta-batch is split across the processes
+(:mod:`fewshot.distributed`); rank 0 alone writes the run directory and validates.
 """
 
 from __future__ import annotations
@@ -27,14 +31,17 @@ import yaml
 from tqdm import tqdm
 
 from fewshot.checkpoint import load_model, load_optimizer, read_checkpoint, save_checkpoint
-from fewshot.config import RunConfig, check_types, resolve
+from fewshot.config import RunConfig, check_types, resolve, yaml_problem
+from fewshot.distributed import Ranks, task_slice
 from fewshot.evaluate import EvalResult, evaluate
+from fewshot.faults import pause_point
+from fewshot.files import atomic_write, remove_partial_writes
 from fewshot.learners import Learner, build_learner
 from fewshot.tasks.episode import stack_episodes
 from fewshot.tasks.sources import fill_in, train_tasks, val_tasks
 
 #: Options that may differ when a run is resumed (they do not change what is computed).
-RESUMABLE_CHANGES = {"steps", "time_limit", "data_root", "test_episodes"}
+RESUMABLE_CHANGES = {"steps", "time_limit", "data_root", "test_episodes", "on_nonfinite"}
 
 
 class RunError(ValueError):
@@ -48,6 +55,7 @@ class TrainResult:
     step: int
     stopped_early: bool
     best_val: float | None
+    skipped: int = 0            # meta-batches skipped for a non-finite loss (on_nonfinite="skip")
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
@@ -58,8 +66,8 @@ def load_run_config(run_dir: Path) -> RunConfig:
                                 "pass the --out directory of a `fewshot train` run")
     try:
         values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise RunError(f"{path} is not valid YAML ({e}); the run directory is damaged") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RunError(f"{path} is not valid YAML ({yaml_problem(e)}); the run directory is damaged") from None
     if not isinstance(values, dict):
         raise RunError(f"{path} does not hold a run config; the run directory is damaged")
     check_types(values, source=str(path))
@@ -96,6 +104,15 @@ def run_config(run_dir: Path, file_values: dict[str, Any], flags: dict[str, Any]
     return saved.validate()
 
 
+def _non_finite(loss: float, params: list[torch.Tensor]) -> str | None:
+    """What is not finite in a meta-update (its loss, or its gradient), or ``None``."""
+    if not math.isfinite(loss):
+        return f"the meta-loss became {loss}"
+    if not all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None):
+        return f"the meta-gradient became non-finite (meta-loss {loss:.4g})"
+    return None
+
+
 def _better(metric: str, new: float, old: float | None) -> bool:
     return old is None or (new > old if metric == "accuracy" else new < old)
 
@@ -105,13 +122,17 @@ class Trainer:
 
     def __init__(self, config: RunConfig, run_dir: Path, progress: bool = True):
         self.run_dir, self.progress = Path(run_dir), progress
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunError(f"run directory {self.run_dir} is a file; pass a new or existing directory to --out")
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ranks = Ranks.current()
+        task_slice(config.meta_batch, self.ranks.rank, self.ranks.world)   # refuses a meta-batch too small to split
         resuming = (self.ckpt_dir / "last.json").is_file()
         self.config = config if resuming else fill_in(config)
         torch.manual_seed(self.config.seed)
         self.learner = build_learner(self.config)
         self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=self.config.lr)
-        self.step, self.best_val, self._saved_step = 0, None, None
+        self.step, self.best_val, self._saved_step, self.skipped = 0, None, None, 0
         if (self.ckpt_dir / "last.json").is_file():
             self._restore()
         self.train_tasks = train_tasks(self.config)
@@ -123,15 +144,19 @@ class Trainer:
         load_optimizer(self.optimizer, tensors, meta)
         torch.set_rng_state(tensors["rng/torch"])
         self.step, self.best_val = meta["state"]["step"], meta["state"]["best_val"]
+        self.skipped = meta["state"].get("skipped", 0)
         self._saved_step = self.step
 
     def _save(self, name: str) -> None:
         if name == "last":
             self._saved_step = self.step
-        save_checkpoint(self.ckpt_dir, name, self.learner, self.optimizer,
-                        {"step": self.step, "best_val": self.best_val})
+        if self.ranks.main:
+            save_checkpoint(self.ckpt_dir, name, self.learner, self.optimizer,
+                            {"step": self.step, "best_val": self.best_val, "skipped": self.skipped})
 
     def _log(self, record: dict[str, Any], writer) -> None:
+        if not self.ranks.main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         for key, value in record.items():
@@ -139,12 +164,20 @@ class Trainer:
                 writer.add_scalar(f"{record['split']}/{key}", value, record["step"])
 
     def _truncate_log(self) -> None:
-        """Drop log lines written after the checkpoint being resumed from."""
+        """Drop log lines written after the checkpoint being resumed from, and a last line a crash cut short."""
         path = self.run_dir / "metrics.jsonl"
-        if path.is_file():
-            lines = [l for l in path.read_text().splitlines() if l.strip()]
-            kept = [l for l in lines if json.loads(l)["step"] <= self.step]
-            path.write_text("".join(l + "\n" for l in kept))
+        if not path.is_file():
+            return
+        kept = []
+        for number, line in enumerate(path.read_text().split("\n")[:-1], start=1):   # [-1]: "" or unfinished
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                raise RunError(f"{path}, line {number}, is not a JSON record; the run directory is damaged "
+                               "(delete that line to resume)") from None
+            if record is not None and record["step"] <= self.step:
+                kept.append(line)
+        atomic_write(path, "".join(l + "\n" for l in kept).encode())
 
     def validate(self) -> EvalResult:
         return evaluate(self.learner, self.val_tasks, self.config.val_episodes,
@@ -153,49 +186,65 @@ class Trainer:
     def run(self) -> TrainResult:
         from torch.utils.tensorboard import SummaryWriter
 
-        cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        self._truncate_log()
-        writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
+        cfg, main = self.config, self.ranks.main
+        writer = None
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("config.yaml", "metrics.jsonl"):
+                remove_partial_writes(self.run_dir, name)
+            atomic_write(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+            self._truncate_log()
+            writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
         start, stopped_early = time.monotonic(), False
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algo} {cfg.dataset}", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algo} {cfg.dataset}",
+                   disable=not (self.progress and main), dynamic_ncols=True)
         try:
             while self.step < cfg.steps:
-                if cfg.time_limit is not None and time.monotonic() - start >= cfg.time_limit:
+                if cfg.time_limit is not None and self.ranks.any(time.monotonic() - start >= cfg.time_limit):
                     stopped_early = True
                     break
                 metrics = self._train_step()
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
-                if self.step % cfg.log_every == 0:
+                if metrics and self.step % cfg.log_every == 0:
                     self._log({"step": self.step, "split": "train", **metrics}, writer)
-                if self.step % cfg.val_every == 0 or self.step == cfg.steps:
+                if main and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
                     self._validate_and_keep_best(writer, bar)
                 if self.step % cfg.checkpoint_every == 0:
                     self._save("last")
-            if not (self.ckpt_dir / "best.json").is_file():   # stopped before the first validation
+            if main and not (self.ckpt_dir / "best.json").is_file():   # stopped before the first validation
                 self._validate_and_keep_best(writer, bar)
             self._save("last")
         finally:
             bar.close()
-            writer.close()
-        return TrainResult(self.learner, cfg, self.step, stopped_early, self.best_val)
+            if writer is not None:
+                writer.close()
+        return TrainResult(self.learner, cfg, self.step, stopped_early, self.best_val, self.skipped)
 
     def _train_step(self) -> dict[str, float]:
+        """One meta-update on this rank's share of the step's tasks; ``{}`` when the meta-batch is skipped."""
         cfg = self.config
         self.learner.train()
         first = self.step * cfg.meta_batch
-        batch = stack_episodes([self.train_tasks[first + t] for t in range(cfg.meta_batch)])
+        mine = task_slice(cfg.meta_batch, self.ranks.rank, self.ranks.world)
+        batch = stack_episodes([self.train_tasks[first + t] for t in mine])
         self.optimizer.zero_grad(set_to_none=True)
-        metrics = self.learner.meta_backward(batch)
-        if not math.isfinite(metrics["loss"]):
+        metrics = self.learner.meta_backward(batch, total_tasks=cfg.meta_batch)
+        params = list(self.learner.parameters())
+        metrics = self.ranks.reduce_step(params, metrics, len(mine), cfg.meta_batch)
+        pause_point("train-step")
+        problem = _non_finite(metrics["loss"], params)
+        if problem and cfg.on_nonfinite == "skip":
+            self.skipped += 1
+            if self.ranks.main:
+                tqdm.write(f"step {self.step + 1}: {problem}; skipped this meta-batch")
+            return {}
+        if problem:
             kept = (f"the last good checkpoint (step {self._saved_step}) is kept in {self.ckpt_dir}"
                     if self._saved_step is not None else "no checkpoint had been written yet")
-            raise FloatingPointError(f"the meta-loss became {metrics['loss']} at step {self.step + 1}; training "
-                                     f"stopped and {kept}; lower --lr or --inner-lr and train again")
+            raise FloatingPointError(f"{problem} at step {self.step + 1}; training stopped and {kept}; lower --lr "
+                                     "or --inner-lr and train again, or resume with --on-nonfinite skip")
         self.optimizer.step()
         return metrics
 

@@ -215,3 +215,56 @@ def test_crash_between_the_two_renames_keeps_a_loadable_checkpoint(tmp_path, mon
     model, opt = make(seed=5)
     _, meta = load_into(tmp_path, "last", model, opt)          # raises CheckpointError today
     assert meta["state"]["step"] in (2, 3)
+
+
+class FullDisk:
+    """Stands in for ``os.fdopen``: files whose writes go through until ``budget`` bytes (over all files), then
+    write what still fits and raise ENOSPC, as a disk that fills up mid-write does."""
+
+    def __init__(self, budget: int):
+        self.left, self.real = budget, os.fdopen
+
+    def __call__(self, fd, mode):
+        f, disk = self.real(fd, mode), self
+
+        class Filling:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                f.close()
+
+            def write(self, data):
+                data = bytes(data)
+                f.write(data[: disk.left])
+                if len(data) > disk.left:
+                    disk.left = 0
+                    raise OSError(28, "No space left on device")
+                disk.left -= len(data)
+
+            def __getattr__(self, name):
+                return getattr(f, name)
+        return Filling()
+
+
+@pytest.mark.parametrize("fails_in", ["tensor file", "json"])
+def test_disk_full_midway_keeps_the_previous_checkpoint(tmp_path, monkeypatch, fails_in):
+    old, old_opt = trained(seed=0)
+    save_checkpoint(tmp_path / "old", "last", old, old_opt, {"step": 2})
+    files_before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
+    new, new_opt = trained(seed=1, steps=3)
+    save_checkpoint(tmp_path / "probe", "last", new, new_opt, {"step": 3})
+    tensor_bytes = tensor_path(tmp_path / "probe", "last").stat().st_size
+    budget = tensor_bytes // 3 if fails_in == "tensor file" else tensor_bytes + 100
+    monkeypatch.setattr(files.os, "fdopen", FullDisk(budget))
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(tmp_path / "old", "last", new, new_opt, {"step": 3})
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
+    if fails_in == "json":   # the new tensor file is complete but uncommitted: an orphan the next save removes
+        after.pop(tensor_path(tmp_path / "probe", "last").name)
+    assert after == files_before                                   # the old files, untouched; no temporary file
+    model, opt = make(seed=5)
+    _, meta = load_into(tmp_path / "old", "last", model, opt)
+    assert meta["state"]["step"] == 2
+    assert_same_state(old, old_opt, model, opt)

@@ -229,3 +229,32 @@ def test_sinusoid_validation():
         SinusoidTasks(5, 0)
     with pytest.raises(IndexError):
         SinusoidTasks(5, 5, num_episodes=2)[2]
+
+
+@settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(groups=st.lists(st.integers(1, 4), min_size=3, max_size=6), picked=st.data(), ways=st.integers(2, 4),
+       shots=st.integers(1, 3), queries=st.integers(1, 3), within=st.booleans(), index=st.integers(0, 10**9 - 1),
+       seed=st.integers(0, 2**31))
+def test_property_classes_come_from_the_asked_split_only(groups, picked, ways, shots, queries, within, index, seed):
+    """A split made of some groups (alphabets) of a dataset: every example of an episode is from those groups."""
+    names = tuple(f"g{g}/c{c}" for g, size in enumerate(groups) for c in range(size))
+    counts = [shots + queries + 1] * len(names)
+    y = torch.repeat_interleave(torch.arange(len(names)), torch.tensor(counts))
+    data = LabelledData(x=torch.arange(len(y), dtype=torch.float32).unsqueeze(1), y=y, class_names=names,
+                        class_groups=tuple(n.split("/")[0] for n in names))
+    split = picked.draw(st.lists(st.sampled_from(data.groups), min_size=1, unique=True), label="split")
+    part = data.select_groups(split)
+    if part.num_classes < ways or (within and max(groups[int(g[1:])] for g in split) < ways):
+        with pytest.raises(ValueError):
+            ClassificationTasks(part, ways, shots, queries, seed=seed, within_group=within)
+        return
+    tasks = ClassificationTasks(part, ways, shots, queries, seed=seed, within_group=within)
+    ep = tasks[index]
+    assert ep.support_x.shape == (ways * shots, 1) and ep.query_x.shape == (ways * queries, 1)
+    drawn = torch.cat([ep.support_x, ep.query_x]).flatten().long()        # indices into the whole dataset
+    groups_drawn = {data.class_groups[c] for c in data.y[drawn].tolist()}
+    assert groups_drawn <= set(split)
+    if within:
+        assert len(groups_drawn) == 1
+    assert not set(ep.support_x.flatten().tolist()) & set(ep.query_x.flatten().tolist())
+    assert sorted(set(ep.support_y.tolist())) == sorted(set(ep.query_y.tolist())) == list(range(ways))

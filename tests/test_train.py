@@ -160,12 +160,7 @@ def test_meta_training_improves_sinusoid_regression(tmp_path):
 def test_non_finite_loss_raises_naming_the_step(tmp_path, monkeypatch):
     run = tmp_path / "run"
     trainer = Trainer(tiny_sinusoid(steps=6), run, progress=False)
-    real = trainer.learner.meta_backward
-
-    def nan_at_step_3(batch):
-        out = real(batch)
-        return {**out, "loss": float("nan")} if trainer.step == 2 else out
-    monkeypatch.setattr(trainer.learner, "meta_backward", nan_at_step_3)
+    nan_loss_at(trainer, 3, monkeypatch)
     with pytest.raises(FloatingPointError, match="step 3"):
         trainer.run()
     assert read_checkpoint(run / "checkpoints", "last")[1]["state"]["step"] == 2    # the last good one
@@ -174,3 +169,53 @@ def test_non_finite_loss_raises_naming_the_step(tmp_path, monkeypatch):
 def test_huge_inner_lr_raises_floating_point_error(tmp_path):
     with pytest.raises(FloatingPointError, match="step 1"):
         train(tiny_sinusoid(inner_lr=1e30), tmp_path / "run")
+
+
+def nan_loss_at(trainer: Trainer, step: int, monkeypatch) -> None:
+    """Make the meta-loss of step ``step`` (1-based) NaN."""
+    real = trainer.learner.meta_backward
+
+    def patched(batch, **kwargs):
+        out = real(batch, **kwargs)
+        return {**out, "loss": float("nan")} if trainer.step == step - 1 else out
+    monkeypatch.setattr(trainer.learner, "meta_backward", patched)
+
+
+def test_non_finite_loss_can_skip_the_meta_batch(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    train(tiny_sinusoid(steps=6), run)                                      # a clean reference run
+    reference = [r for r in metrics(run) if r["split"] == "train"]
+    with pytest.raises(FloatingPointError, match="step 3"):                 # the default stops at step 3 ...
+        trainer = Trainer(tiny_sinusoid(steps=6), tmp_path / "stopped", progress=False)
+        nan_loss_at(trainer, 3, monkeypatch)
+        trainer.run()
+    resumed = run_config(tmp_path / "stopped", {}, {"on_nonfinite": "skip"})   # ... and resumes with skip
+    trainer = Trainer(resumed, tmp_path / "stopped", progress=False)
+    nan_loss_at(trainer, 3, monkeypatch)
+    result = trainer.run()
+    assert result.step == 6 and result.skipped == 1
+    assert "step 3: the meta-loss became nan; skipped this meta-batch" in capsys.readouterr().out
+    records = [r for r in metrics(tmp_path / "stopped") if r["split"] == "train"]
+    assert [r["step"] for r in records] == [1, 2, 4, 5, 6]                 # no record of the skipped step
+    assert records[:2] == reference[:2] and records[2] != reference[3]      # step 3 made no update
+    tensors, meta = read_checkpoint(tmp_path / "stopped" / "checkpoints", "last")
+    assert meta["state"]["skipped"] == 1
+    adam_steps = {int(v) for k, v in tensors.items() if k.endswith("/step")}
+    assert adam_steps == {5}                                                 # 6 steps, one without an update
+    assert all(torch.isfinite(p).all() for p in result.learner.parameters())
+
+
+def test_non_finite_gradient_stops_naming_the_step(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_sinusoid(steps=6), run, progress=False)
+    real = trainer.learner.meta_backward
+
+    def inf_grad_at_step_5(batch, **kwargs):
+        out = real(batch, **kwargs)
+        if trainer.step == 4:
+            next(trainer.learner.parameters()).grad[0] = float("inf")
+        return out
+    monkeypatch.setattr(trainer.learner, "meta_backward", inf_grad_at_step_5)
+    with pytest.raises(FloatingPointError, match=r"meta-gradient became non-finite .* at step 5.*step 4"):
+        trainer.run()
+    assert read_checkpoint(run / "checkpoints", "last")[1]["state"]["step"] == 4

@@ -91,10 +91,13 @@ def download_omniglot(
     unknown = sorted(set(sets) - set(OMNIGLOT_SETS))
     if unknown:
         raise ValueError(f"unknown Omniglot sets {unknown}; valid: {', '.join(OMNIGLOT_SETS)}")
+    root = Path(data_root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"data root {root} is a file; pass a directory to download into")
     paths = []
     for set_name in sets:
         name = f"images_{set_name}.zip"
-        dest = Path(data_root).expanduser() / "omniglot" / name
+        dest = root / "omniglot" / name
         md5 = checksums.get(name)
         if not (dest.is_file() and not _checksum_mismatch(dest, md5=md5)):
             download(f"{base_url.rstrip('/')}/{name}", dest, md5=md5, progress=progress)

@@ -72,12 +72,18 @@ class Learner(nn.Module):
             metrics.append(m)
         return torch.stack(losses).mean(), mean_metrics(metrics)
 
-    def meta_backward(self, batch: TaskBatch) -> dict[str, float]:
-        """Accumulate the gradient of :meth:`meta_loss` into ``.grad``, one task at a time."""
+    def meta_backward(self, batch: TaskBatch, total_tasks: int | None = None) -> dict[str, float]:
+        """Accumulate the gradient of :meth:`meta_loss` into ``.grad``, one task at a time.
+
+        ``total_tasks``: when ``batch`` is one process's share of a larger meta-batch, that
+        meta-batch's size; each task's loss is divided by it, so that the shares' gradients
+        add up to the gradient of the whole (default: ``batch.num_tasks``).
+        """
+        total = total_tasks or batch.num_tasks
         metrics = []
         for episode in batch:
             loss, m = self.episode_loss(episode)
-            (loss / batch.num_tasks).backward()
+            (loss / total).backward()
             metrics.append(m)
         return mean_metrics(metrics)
 

@@ -110,11 +110,11 @@ class GradientLearner(Learner):
                    for l, o, y in zip(losses, outputs, batch.query_y)]
         return losses.mean(), mean_metrics(metrics)
 
-    def meta_backward(self, batch: TaskBatch) -> dict[str, float]:
+    def meta_backward(self, batch: TaskBatch, total_tasks: int | None = None) -> dict[str, float]:
         if not self.vectorize:
-            return super().meta_backward(batch)
+            return super().meta_backward(batch, total_tasks)
         loss, metrics = self.meta_loss(batch)
-        loss.backward()
+        (loss * (batch.num_tasks / (total_tasks or batch.num_tasks))).backward()
         return metrics
 
 
@@ -130,7 +130,8 @@ class Reptile(GradientLearner):
     def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError("Reptile has no differentiable meta-loss; use meta_backward")
 
-    def meta_backward(self, batch: TaskBatch) -> dict[str, float]:
+    def meta_backward(self, batch: TaskBatch, total_tasks: int | None = None) -> dict[str, float]:
+        total = total_tasks or batch.num_tasks
         params = dict(self.model.named_parameters())
         metrics = []
         for episode in batch:
@@ -140,7 +141,7 @@ class Reptile(GradientLearner):
                 metrics.append({"loss": float(task_loss(outputs, episode.query_y, self.task)),
                                 metric_name(self.task): task_metric(outputs, episode.query_y, self.task)})
                 for n in self.adapt_names:
-                    step = (params[n] - fast[n]) / batch.num_tasks
+                    step = (params[n] - fast[n]) / total
                     params[n].grad = step if params[n].grad is None else params[n].grad + step
         return mean_metrics(metrics)
 

@@ -50,8 +50,12 @@ def assign_holdout(config: RunConfig) -> RunConfig:
 def fill_in(config: RunConfig) -> RunConfig:
     """Settings a new run derives from its data: held-out alphabets, the fine-tune head's classes."""
     config = assign_holdout(config)
-    if config.algo == "finetune" and config.pretrain_classes is None:
-        config.pretrain_classes = omniglot_part(config, "train").num_classes
+    if config.algo == "finetune":
+        classes = omniglot_part(config, "train").num_classes
+        if config.pretrain_classes not in (None, classes):
+            raise ValueError(f"pretrain_classes={config.pretrain_classes} but the training split has {classes} "
+                             "classes; drop pretrain_classes (a new run fills it in)")
+        config.pretrain_classes = classes
     return config
 
 

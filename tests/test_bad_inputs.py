@@ -1,0 +1,225 @@
+"""The bad-input table (docs/bad-inputs.md): every row is a case here, answered by exit status 2 and one error
+line (CLI) or a ValueError / FileNotFoundError (API), never by a traceback; the message must be the one the
+table shows (with the test's directory written as DIR; a message ending in "…" is a prefix)."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import pytest
+from PIL import Image
+
+from conftest import index_data, tiny_protonet, tiny_sinusoid
+from fewshot.checkpoint import tensor_path
+from fewshot.cli import main
+from fewshot.datasets.omniglot import load_omniglot
+from fewshot.distributed import task_slice
+from fewshot.evaluate import evaluate
+from fewshot.tasks.sampler import ClassificationTasks
+from fewshot.tasks.sinusoid import SinusoidTasks
+from fewshot.train import Trainer
+
+TABLE = Path(__file__).resolve().parent.parent / "docs" / "bad-inputs.md"
+
+
+class Case(NamedTuple):
+    id: str
+    what: str
+    run: str | Callable[[Path], object]   # CLI arguments ("{d}" is the fixture directory), or an API call
+
+
+CASES = [
+    # -- episode shape -------------------------------------------------------------------------------------
+    Case("ways-1", "one-way episodes", "train --ways 1 --steps 1 --out {d}/r"),
+    Case("ways-too-many", "more ways than the validation classes", "train --ways 200 --steps 1 --out {d}/r"),
+    Case("shots-too-many", "more shots + queries than a class has examples",
+         "train --shots 30 --steps 1 --out {d}/r"),
+    Case("queries-0", "zero queries", "train --queries 0"),
+    Case("eval-shots-too-many", "eval with more shots than a class has", "eval {d}/proto --shots 25"),
+    Case("sampler-ways-1", "API: a 1-way sampler", lambda d: ClassificationTasks(index_data([4, 4]), 1, 1, 1)),
+    Case("sampler-queries", "API: shots + queries over the class size",
+         lambda d: ClassificationTasks(index_data([4, 4, 3]), 2, 2, 3)),
+    Case("sinusoid-ways", "sinusoid with 5 ways", "train --dataset sinusoid --algo maml --ways 5 --out {d}/r"),
+    Case("sinusoid-shots-0", "API: a sinusoid task without support points", lambda d: SinusoidTasks(0, 5)),
+    # -- learning rates and steps --------------------------------------------------------------------------
+    Case("lr-0", "zero learning rate", "train --lr 0"),
+    Case("lr-negative", "negative learning rate", "train --lr -0.1"),
+    Case("lr-inf", "infinite learning rate", "train --lr inf"),
+    Case("inner-lr-nan", "NaN inner learning rate", "train --inner-lr nan"),
+    Case("config-lr-inf", "infinite learning rate in a config file", "train --config {d}/lr-inf.yaml"),
+    Case("steps-0", "zero steps", "train --steps 0"),
+    Case("steps-negative", "negative steps", "train --steps -5"),
+    Case("steps-fraction", "a fractional step count", "train --steps 1.5"),
+    Case("meta-batch-0", "an empty meta-batch", "train --meta-batch 0"),
+    Case("episodes-0", "API: evaluating on zero episodes", lambda d: evaluate(None, [], episodes=0)),
+    Case("meta-batch-per-process", "API: fewer tasks than processes", lambda d: task_slice(2, 0, 4)),
+    # -- algorithm, dataset, split ------------------------------------------------------------------------
+    Case("algo-unknown", "unknown algorithm", "train --algo maml2"),
+    Case("dataset-unknown", "unknown dataset", "train --dataset imagenet"),
+    Case("split-unknown", "unknown training split", "train --split validation --out {d}/r"),
+    Case("eval-split-unknown", "eval on an unknown split", "eval {d}/proto --split foo"),
+    Case("sinusoid-classifier", "a metric learner on a regression task",
+         "train --dataset sinusoid --algo protonet --out {d}/r"),
+    Case("api-split-unknown", "API: load_omniglot of an unknown split", lambda d: load_omniglot("train")),
+    # -- data archives -------------------------------------------------------------------------------------
+    Case("data-missing", "a data root without the archive", "train --data-root {d}/nowhere --out {d}/r"),
+    Case("archive-empty-file", "an empty (0-byte) archive", "train --data-root {d}/empty-file --out {d}/r"),
+    Case("archive-no-images", "a zip without Omniglot images", "train --data-root {d}/no-images --out {d}/r"),
+    Case("archive-truncated", "a truncated archive", "train --data-root {d}/truncated --out {d}/r"),
+    Case("archive-corrupt", "an archive with a corrupt member", "train --data-root {d}/corrupt --out {d}/r"),
+    Case("image-wrong-size", "a 50x50 image inside the archive", "train --data-root {d}/wrong-size --out {d}/r"),
+    Case("image-wrong-mode", "an RGB image inside the archive", "train --data-root {d}/wrong-mode --out {d}/r"),
+    Case("download-into-file", "downloading into a path that is a file", "download omniglot --data-root {d}/a-file"),
+    # -- config files --------------------------------------------------------------------------------------
+    Case("config-missing", "a config file that does not exist", "train --config {d}/nope.yaml"),
+    Case("config-syntax", "a config file that is not YAML", "train --config {d}/syntax.yaml"),
+    Case("config-binary", "a binary config file", "train --config {d}/binary.yaml"),
+    Case("config-list", "a config file that is a list", "train --config {d}/list.yaml"),
+    Case("config-unknown-key", "an unknown key", "train --config {d}/unknown-key.yaml"),
+    Case("config-wrong-type", "a value of the wrong type", "train --config {d}/wrong-type.yaml"),
+    Case("config-lr-text", "a learning rate that YAML reads as text", "train --config {d}/lr-text.yaml"),
+    Case("config-seed", "a negative seed", "train --config {d}/seed.yaml"),
+    Case("config-image-size", "images too small for Conv-4", "train --config {d}/image-size.yaml --out {d}/r"),
+    Case("config-holdout", "a negative number of held-out alphabets", "train --config {d}/holdout.yaml"),
+    Case("config-on-nonfinite", "an unknown non-finite policy", "train --config {d}/on-nonfinite.yaml"),
+    Case("config-pretrain-classes", "a fine-tune head of the wrong size",
+         "train --config {d}/pretrain.yaml --out {d}/r"),
+    # -- run directories and checkpoints -------------------------------------------------------------------
+    Case("out-is-a-file", "--out naming a file", "train --out {d}/a-file"),
+    Case("resume-other-algo", "resuming a ProtoNet run as MAML", "train --algo maml --out {d}/proto"),
+    Case("resume-damaged-log", "resuming a run whose metrics.jsonl is damaged", "train --out {d}/bad-log --steps 2"),
+    Case("eval-missing-run", "eval of a directory that is not a run", "eval {d}/nowhere"),
+    Case("eval-no-checkpoint", "eval of a run without checkpoints", "eval {d}/no-checkpoint"),
+    Case("eval-damaged-config", "eval of a run with a damaged config.yaml", "eval {d}/bad-config"),
+    Case("eval-tampered", "eval of a tampered checkpoint", "eval {d}/tampered"),
+    Case("eval-other-architecture", "eval of a checkpoint from a different architecture",
+         "eval {d}/other-architecture"),
+    Case("eval-maml-ways", "eval of a 1-way MAML head with 5 ways", "eval {d}/sinusoid --ways 5"),
+    Case("eval-other-dataset", "eval of an Omniglot run on sinusoid", "eval {d}/proto --dataset sinusoid"),
+]
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def write_zip(root: Path, members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> Path:
+    path = root / "omniglot" / "images_background.zip"
+    path.parent.mkdir(parents=True)
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def omniglot_members(odd: Image.Image | None = None) -> dict[str, bytes]:
+    """Ten alphabets of one character drawn twice (105x105, 1-bit); ``odd`` replaces the first image."""
+    members = {f"images_background/Alpha{a}/character01/0001_{i:02d}.png": png(Image.new("1", (105, 105), 1))
+               for a in range(10) for i in (1, 2)}
+    if odd is not None:
+        members["images_background/Alpha0/character01/0001_01.png"] = png(odd)
+    return members
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory) -> Path:
+    """Bad data roots, config files and run directories, made once."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty-file" / "omniglot").mkdir(parents=True)
+    (d / "empty-file" / "omniglot" / "images_background.zip").write_bytes(b"")
+    write_zip(d / "no-images", {"images_background/README.txt": b"not images"})
+    good = write_zip(d / "good", omniglot_members(), compression=zipfile.ZIP_STORED)
+    (d / "truncated" / "omniglot").mkdir(parents=True)
+    (d / "truncated" / "omniglot" / "images_background.zip").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with zipfile.ZipFile(good) as archive:
+        info = archive.getinfo("images_background/Alpha0/character01/0001_01.png")
+    raw = bytearray(good.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw[start + 40: start + 60] = bytes(20)                       # clobber the middle of one PNG
+    (d / "corrupt" / "omniglot").mkdir(parents=True)
+    (d / "corrupt" / "omniglot" / "images_background.zip").write_bytes(bytes(raw))
+    write_zip(d / "wrong-size", omniglot_members(Image.new("1", (50, 50), 1)))
+    write_zip(d / "wrong-mode", omniglot_members(Image.new("RGB", (105, 105), "white")))
+    (d / "a-file").write_text("not a directory\n")
+    configs = {"lr-inf": "lr: .inf\n", "syntax": "ways: [1, 2\nlr: 3\n", "list": "- algo\n- maml\n",
+               "unknown-key": "meta_batchsize: 4\n", "wrong-type": "ways: five\n", "lr-text": "lr: 1e-3\n",
+               "seed": "seed: -1\n", "image-size": "image_size: 8\n", "holdout": "holdout_val: -1\n",
+               "on-nonfinite": "on_nonfinite: ignore\n", "pretrain": "algo: finetune\npretrain_classes: 5\n"}
+    for name, text in configs.items():
+        (d / f"{name}.yaml").write_text(text)
+    (d / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01")
+    Trainer(tiny_protonet(steps=1), d / "proto", progress=False).run()
+    Trainer(tiny_sinusoid(steps=1), d / "sinusoid", progress=False).run()
+    Trainer(tiny_protonet(algo="maml", net="conv4-strided", train_ways=None, steps=1, inner_steps=1),
+            d / "maml", progress=False).run()
+    for name in ("bad-log", "no-checkpoint", "bad-config", "tampered", "other-architecture"):
+        shutil.copytree(d / "proto", d / name)
+    log = d / "bad-log" / "metrics.jsonl"
+    log.write_text('{"step": 1, "split": "train", "loss": 1.0}\n{"step": 1, "spl\n' + log.read_text())
+    shutil.rmtree(d / "no-checkpoint" / "checkpoints")
+    (d / "bad-config" / "config.yaml").write_bytes(b"\xff\xfe\x00\x01")
+    victim = tensor_path(d / "tampered" / "checkpoints", "best")
+    blob = bytearray(victim.read_bytes())
+    blob[-10] ^= 0xFF
+    victim.write_bytes(bytes(blob))
+    shutil.rmtree(d / "other-architecture" / "checkpoints")
+    shutil.copytree(d / "maml" / "checkpoints", d / "other-architecture" / "checkpoints")
+    return d
+
+
+def answer(case: Case, d: Path, capsys) -> tuple[str, str]:
+    """``(kind, message)``: ``("exit 2", line)`` for the CLI, ``("ValueError", message)`` etc. for the API."""
+    if callable(case.run):
+        with pytest.raises((ValueError, FileNotFoundError)) as error:
+            case.run(d)
+        kind = "FileNotFoundError" if isinstance(error.value, FileNotFoundError) else "ValueError"
+        return kind, str(error.value)
+    argv = case.run.format(d=d).split()
+    if argv[0] == "train":
+        argv += ["--no-progress", "--threads", "1"]
+    try:
+        code = main(argv)
+    except SystemExit as e:                      # argparse's own exits
+        code = e.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (code, err)
+    assert lines and re.match(rf"fewshot( {argv[0]})?: error: ", lines[-1]), err
+    assert all(line.startswith("run directory: ") for line in lines[:-1]), err   # nothing else: one error line
+    return "exit 2", lines[-1]
+
+
+def documented() -> dict[str, tuple[str, str]]:
+    """``id -> (kind, message)`` from the table's rows ``| id | what | reproduce | kind: ``message`` |``."""
+    rows = {}
+    for line in TABLE.read_text().splitlines():
+        match = re.match(r"\| `([\w-]+)` \|.*\| (exit 2|ValueError|FileNotFoundError): ``(.*)`` \|$", line)
+        if match:
+            rows[match[1]] = (match[2], match[3])
+    return rows
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_refused_as_the_table_says(case, d, capsys, monkeypatch):
+    monkeypatch.setenv("FEWSHOT_CACHE", str(d / "cache"))       # decoded once for the module, kept out of ~/.cache
+    kind, message = answer(case, d, capsys)
+    message = message.replace(str(d), "DIR")
+    expected_kind, expected = documented()[case.id]
+    assert kind == expected_kind
+    if expected.endswith("…"):
+        assert message.startswith(expected[:-1]), message
+    else:
+        assert message == expected, message
+    assert not (d / "r" / "checkpoints").exists()                 # nothing was trained
+
+
+def test_the_table_has_every_case_and_at_least_20():
+    assert sorted(documented()) == sorted(c.id for c in CASES) and len(CASES) >= 20
