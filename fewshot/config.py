@@ -46,6 +46,7 @@ class RunConfig:
     image_size: int = 28
     rotations: bool | None = None      # None: on for the Vinyals splits, off otherwise
     vectorize: bool = False            # vmap over the tasks of a meta-batch
+    multi_step_loss: bool = False      # gradient learners: meta-train on the mean query loss after every inner step
     margin: float = 1.0                # siamese: contrastive-loss margin
     batch_size: int = 64               # finetune: pretraining minibatch size
     pretrain_classes: int | None = None  # finetune: classes of the pretraining head (filled in)
@@ -72,6 +73,8 @@ class RunConfig:
         if self.dataset == "omniglot" and self.split not in OMNIGLOT_SPLITS:
             raise ValueError(f"unknown omniglot training split {self.split!r}; choose one of "
                              f"{', '.join(OMNIGLOT_SPLITS)}")
+        if self.multi_step_loss and self.algo not in ("maml", "fomaml", "anil", "metasgd"):
+            raise ValueError(f"multi_step_loss applies to maml, fomaml, anil and metasgd, not {self.algo}; drop it")
         if self.within_alphabet and self.dataset != "omniglot":
             raise ValueError(f"within_alphabet applies to omniglot episodes, not {self.dataset}; drop it")
         for name in ("margin", "inner_lr", "lr"):

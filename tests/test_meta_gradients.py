@@ -134,3 +134,23 @@ def test_reptile_meta_gradient_is_theta_minus_mean_adapted():
         for e, p, f in zip(expected, params, fast):
             e += (p.detach() - f.detach()) / batch.num_tasks
     assert relative_error(ours, expected) < 1e-12
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_multi_step_loss_is_the_mean_of_the_per_step_query_losses(vectorize):
+    """MAML++'s multi-step loss: mean over k = 1..S of the query loss after k steps, with its
+    gradient equal to the mean of the k-step MAML gradients (each an independent learner)."""
+    torch.manual_seed(0)
+    net = MLP(1, (6,), 1).double()
+    batch = sinusoid_batch(tasks=3)
+    msl = GradientLearner(net, 0.1, 3, task="regression", multi_step_loss=True, vectorize=vectorize)
+    per_step = [GradientLearner(net, 0.1, k, task="regression") for k in (1, 2, 3)]
+    loss, _ = msl.meta_loss(batch)
+    expected = torch.stack([learner.meta_loss(batch)[0] for learner in per_step]).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+    ours = library_gradient(msl, batch)
+    grads = [library_gradient(learner, batch) for learner in per_step]
+    mean = [sum(g[i] for g in grads) / 3 for i in range(len(ours))]
+    assert relative_error(ours, mean) < 1e-10
+    # without it, only the last step counts
+    assert relative_error(library_gradient(GradientLearner(net, 0.1, 3, task="regression"), batch), grads[-1]) < 1e-12

@@ -43,4 +43,5 @@ def build_learner(config: RunConfig) -> Learner:
         return Reptile(net, config.inner_lr, config.inner_steps, task=task)
     return GradientLearner(net, config.inner_lr, config.inner_steps, task=task,
                            first_order=config.algo == "fomaml", head_only=config.algo == "anil",
-                           learn_inner_lr=config.algo == "metasgd", vectorize=config.vectorize)
+                           learn_inner_lr=config.algo == "metasgd", multi_step_loss=config.multi_step_loss,
+                           vectorize=config.vectorize)

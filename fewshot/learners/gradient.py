@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fewshot.learners.base import Learner, Task, mean_metrics, metric_name, task_loss, task_metric
-from fewshot.tasks.episode import TaskBatch
+from fewshot.tasks.episode import Episode, TaskBatch
 
 Params = dict[str, torch.Tensor]
 
@@ -35,6 +35,10 @@ class GradientLearner(Learner):
         head_only: adapt only the parameters of the submodule named ``head`` (ANIL).
         learn_inner_lr: a learned step size per parameter entry (Meta-SGD).
         task: ``"classification"`` (cross-entropy, accuracy) or ``"regression"`` (MSE).
+        multi_step_loss: meta-train on the mean of the query losses after each of the
+            ``inner_steps`` steps instead of the last one only (MAML++'s multi-step loss,
+            Antoniou et al. 2019): the initialisation is then good after one step and
+            stays stable over many, where a one-step objective can make it sharp.
         vectorize: run the tasks of a meta-batch through ``torch.func.vmap`` in one call
             instead of a loop with a backward per task. Exact for networks without
             ``nn.BatchNorm``; refused with BatchNorm and second order, where vmap's
@@ -43,7 +47,7 @@ class GradientLearner(Learner):
 
     def __init__(self, model: nn.Module, inner_lr: float, inner_steps: int, first_order: bool = False,
                  head_only: bool = False, learn_inner_lr: bool = False, task: Task = "classification",
-                 vectorize: bool = False):
+                 multi_step_loss: bool = False, vectorize: bool = False):
         super().__init__()
         if not inner_lr > 0:
             raise ValueError(f"inner_lr must be > 0, got {inner_lr}")
@@ -51,6 +55,7 @@ class GradientLearner(Learner):
             raise ValueError(f"inner_steps must be an integer >= 0, got {inner_steps!r}")
         self.model, self.inner_lr, self.inner_steps = model, inner_lr, inner_steps
         self.first_order, self.task, self.vectorize = first_order, task, vectorize
+        self.multi_step_loss = multi_step_loss
         names = [n for n, _ in model.named_parameters()]
         self.adapt_names = [n for n in names if n.startswith("head.")] if head_only else names
         if not self.adapt_names:
@@ -73,11 +78,17 @@ class GradientLearner(Learner):
 
     def _inner_loop(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
         """Fast weights after ``steps`` gradient steps on the support set ``x, y``."""
+        return self._trajectory(params, x, y, steps)[-1]
+
+    def _trajectory(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[Params]:
+        """The full parameter dicts before and after each of ``steps`` gradient steps on the
+        support set ``x, y`` (``steps + 1`` of them)."""
         second_order = torch.is_grad_enabled() and not self.first_order
         fast = {n: params[n] for n in self.adapt_names}
         fixed = {n: p for n, p in params.items() if n not in fast}
         lrs = (list(self.inner_lrs) if self.inner_lrs is not None
                else [self.inner_lr] * len(self.adapt_names))
+        trajectory = [{**fixed, **fast}]
         for _ in range(steps):
             if second_order:
                 grads = grad(self._support_loss)(fast, fixed, x, y)
@@ -85,7 +96,20 @@ class GradientLearner(Learner):
                 grads = grad(self._support_loss)(_detached(fast), _detached(fixed), x, y)
                 grads = _detached(grads)
             fast = {n: fast[n] - lr * grads[n] for n, lr in zip(self.adapt_names, lrs)}
-        return {**fixed, **fast}
+            trajectory.append({**fixed, **fast})
+        return trajectory
+
+    def _query_outputs(self, params: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
+        """Query outputs after each inner step, ``[steps, N*Q, d]`` with the multi-step loss,
+        else after the last step only, ``[1, N*Q, d]``."""
+        trajectory = self._trajectory(params, sx, sy, self.inner_steps)
+        kept = trajectory[1:] if self.multi_step_loss and self.inner_steps > 0 else trajectory[-1:]
+        return torch.stack([self._forward(p, qx) for p in kept])
+
+    def _loss_and_metrics(self, outputs: torch.Tensor, qy: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean query loss over the kept steps of ``outputs [steps, N*Q, d]``; metrics of the last."""
+        loss = torch.stack([task_loss(o, qy, self.task) for o in outputs]).mean()
+        return loss, {"loss": float(loss.detach()), metric_name(self.task): task_metric(outputs[-1], qy, self.task)}
 
     # -- the protocol ----------------------------------------------------------------------
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Params:
@@ -96,19 +120,19 @@ class GradientLearner(Learner):
     def predict(self, adapted: Params, query_x: torch.Tensor) -> torch.Tensor:
         return self._forward(adapted, query_x)
 
+    def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
+        outputs = self._query_outputs(dict(self.model.named_parameters()), episode.support_x, episode.support_y,
+                                      episode.query_x)
+        return self._loss_and_metrics(outputs, episode.query_y)
+
     def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
         if not self.vectorize:
             return super().meta_loss(batch)
         params = dict(self.model.named_parameters())
-
-        def one_task(sx, sy, qx):
-            return self._forward(self._inner_loop(params, sx, sy, self.inner_steps), qx)
-
-        outputs = vmap(one_task, randomness="error")(batch.support_x, batch.support_y, batch.query_x)
-        losses = torch.stack([task_loss(o, y, self.task) for o, y in zip(outputs, batch.query_y)])
-        metrics = [{"loss": float(l.detach()), metric_name(self.task): task_metric(o, y, self.task)}
-                   for l, o, y in zip(losses, outputs, batch.query_y)]
-        return losses.mean(), mean_metrics(metrics)
+        outputs = vmap(lambda sx, sy, qx: self._query_outputs(params, sx, sy, qx), randomness="error")(
+            batch.support_x, batch.support_y, batch.query_x)                      # [T, steps, N*Q, d]
+        losses, metrics = zip(*(self._loss_and_metrics(o, y) for o, y in zip(outputs, batch.query_y)))
+        return torch.stack(losses).mean(), mean_metrics(list(metrics))
 
     def meta_backward(self, batch: TaskBatch, total_tasks: int | None = None) -> dict[str, float]:
         if not self.vectorize:
