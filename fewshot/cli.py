@@ -145,6 +145,18 @@ def _bench_parser(sub) -> None:
     speed.add_argument("--seed", type=_nonnegative_int, default=0)
     speed.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
     speed.add_argument("--json", action="store_true", help="one JSON object per row")
+    rep = kinds.add_parser("reproduce", help="train the papers' recipes (configs/) and print ours beside the "
+                                             "published numbers")
+    rep.add_argument("--data-root", help="holds omniglot/images_evaluation.zip for the Vinyals test split; "
+                                         "without it, Lake background held-out alphabets are used")
+    rep.add_argument("--budget", type=_positive_float, help="training seconds per recipe (default 45; 1740 with "
+                                                            "--full)")
+    rep.add_argument("--full", action="store_true", help="every published row (5/20-way, 1/5-shot), 600 test "
+                                                          "episodes, 29 min per recipe by default")
+    rep.add_argument("--out", help="directory for the runs (default runs/reproduce-<time>)")
+    rep.add_argument("--seed", type=_nonnegative_int, default=0)
+    rep.add_argument("--threads", type=_positive_int, help="torch threads")
+    rep.add_argument("--json", action="store_true", help="one JSON object per row")
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -152,6 +164,10 @@ def _bench(args: argparse.Namespace) -> None:
 
     if args.bench == "speed":
         bench.speed(args)
+    else:
+        from fewshot.reproduce import reproduce
+
+        reproduce(args)
 
 
 def _train(args: argparse.Namespace) -> None:
