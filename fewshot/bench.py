@@ -154,7 +154,13 @@ def higher_meta_backward(model, batch, inner_lr: float, steps: int, first_order:
                                   track_higher_grads=not first_order) as (fmodel, diffopt):
             for _ in range(steps):
                 diffopt.step(F.cross_entropy(fmodel(batch.support_x[t]), batch.support_y[t]))
-            (F.cross_entropy(fmodel(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks).backward()
+            query = F.cross_entropy(fmodel(batch.query_x[t]), batch.query_y[t]) / batch.num_tasks
+            if not first_order:
+                query.backward()
+                continue
+            # untracked fast weights are detached: their query gradient is the first-order meta-gradient
+            for p, g in zip(model.parameters(), torch.autograd.grad(query, list(fmodel.parameters()))):
+                p.grad = g if p.grad is None else p.grad + g
 
 
 def compiled_meta_backward(learner):
@@ -274,12 +280,16 @@ def run_worker(s: Setting) -> dict:
     return {"times": times, "peak_mb": peak, "flops": counter.get_total_flops(), "grad_rel_diff": diff}
 
 
+class WorkerError(RuntimeError):
+    """A benchmark worker process failed."""
+
+
 def _spawn(s: Setting) -> dict:
     out = subprocess.run([sys.executable, "-m", "fewshot.bench", "--worker", json.dumps(dataclasses.asdict(s))],
                          capture_output=True, text=True)
     if out.returncode != 0:
         tail = out.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        raise RuntimeError(f"benchmark worker {s.library}/{s.algo}/{s.net} failed: {tail[0]}")
+        raise WorkerError(f"benchmark worker {s.library}/{s.algo}/{s.net} failed: {tail[0]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -163,7 +163,10 @@ def _bench(args: argparse.Namespace) -> None:
     from fewshot import bench
 
     if args.bench == "speed":
-        bench.speed(args)
+        try:
+            bench.speed(args)
+        except bench.WorkerError as e:
+            sys.exit(f"fewshot bench: error: {e}")
     else:
         from fewshot.reproduce import reproduce
 
