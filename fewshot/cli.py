@@ -1,4 +1,4 @@
-"""The ``fewshot`` command: ``train``, ``eval`` and ``download``.
+"""The ``fewshot`` command: ``train``, ``eval``, ``download`` and ``bench``.
 
 Bad input exits with status 2 and one line naming the problem and the fix; a failure of
 the system (a full disk, an unreachable server) exits with status 1 and one line.
@@ -52,6 +52,28 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _choices(allowed: Sequence[str]):
+    """An argparse type: a comma-separated list of names from ``allowed``."""
+    def parse(text: str) -> list[str]:
+        names = [n for n in text.split(",") if n]
+        bad = [n for n in names if n not in allowed]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"{text!r}: choose from {','.join(allowed)} (comma-separated)")
+        return names
+    return parse
+
+
+def _task_shapes(text: str) -> list[tuple[int, int]]:
+    """``5x32,20x4`` -> ``[(5, 32), (20, 4)]`` (ways x meta-batch)."""
+    try:
+        shapes = [tuple(int(v) for v in part.split("x")) for part in text.split(",")]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(sh) != 2 or min(sh) < 1 for sh in shapes):
+        raise argparse.ArgumentTypeError(f"{text!r}: give WAYSxMETA_BATCH pairs, e.g. 5x32,20x4")
+    return shapes
+
+
 def _episode_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=DATASETS, help="task family")
     p.add_argument("--split", help="Omniglot split: background, evaluation, vinyals-train (train); "
@@ -103,10 +125,68 @@ def build_parser() -> argparse.ArgumentParser:
                          "20-way 1-shot within-alphabet runs of Lake et al. 2015, read from "
                          "DATA_ROOT/omniglot/all_runs.zip (or all_runs/)")
 
+    _bench_parser(sub)
+
     dl = sub.add_parser("download", help="download a dataset (with checksum verification)")
     dl.add_argument("dataset", choices=("omniglot",))
     dl.add_argument("--data-root", required=True, help="directory to download into")
     return parser
+
+
+def _bench_parser(sub) -> None:
+    from fewshot.bench import ALGOS as BENCH_ALGOS, PEERS, VARIANTS
+
+    bench = sub.add_parser("bench", help="benchmarks: meta-step speed and memory, published tables")
+    kinds = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    speed = kinds.add_parser("speed", help="meta-step time, tasks/s, peak memory and GFLOP/s, beside "
+                                           "learn2learn and higher when installed")
+    speed.add_argument("--algos", type=_choices(BENCH_ALGOS), default=list(BENCH_ALGOS),
+                       help="comma-separated (default all: maml,fomaml,anil,reptile,protonet)")
+    speed.add_argument("--nets", type=_choices(("strided", "pool")), default=["strided"],
+                       help="Conv-4 variants, comma-separated (default strided)")
+    speed.add_argument("--tasks", type=_task_shapes, default=[(5, 32), (20, 4)],
+                       help="WAYSxMETA_BATCH pairs (default 5x32,20x4)")
+    speed.add_argument("--shots", type=_positive_int, default=1)
+    speed.add_argument("--queries", type=_positive_int, default=15, help="query examples per class (default 15)")
+    speed.add_argument("--inner-steps", type=_positive_int, help="inner steps (default: the recipe's)")
+    speed.add_argument("--peers", type=_choices(PEERS), default=list(PEERS),
+                       help="peer libraries to run when installed (default learn2learn,higher)")
+    speed.add_argument("--variants", type=_choices(VARIANTS), default=[],
+                       help="fewshot variants to add: checkpoint (inner-loop gradient checkpointing), bf16 "
+                            "(autocast), compile (torch.compile; minutes of compilation)")
+    speed.add_argument("--repeats", type=_positive_int, default=10, help="timed meta-steps per row (default 10)")
+    speed.add_argument("--warmup", type=_nonnegative_int, default=2, help="untimed steps per process (default 2)")
+    speed.add_argument("--rounds", type=_positive_int, default=2,
+                       help="fresh processes per row, the rows of a configuration taking turns (default 2)")
+    speed.add_argument("--seed", type=_nonnegative_int, default=0)
+    speed.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
+    speed.add_argument("--json", action="store_true", help="one JSON object per row")
+    rep = kinds.add_parser("reproduce", help="train the papers' recipes (configs/) and print ours beside the "
+                                             "published numbers")
+    rep.add_argument("--data-root", help="holds omniglot/images_evaluation.zip for the Vinyals test split; "
+                                         "without it, Lake background held-out alphabets are used")
+    rep.add_argument("--budget", type=_positive_float, help="training seconds per recipe (default 45; 1740 with "
+                                                            "--full)")
+    rep.add_argument("--full", action="store_true", help="every published row (5/20-way, 1/5-shot), 600 test "
+                                                          "episodes, 29 min per recipe by default")
+    rep.add_argument("--out", help="directory for the runs (default runs/reproduce-<time>)")
+    rep.add_argument("--seed", type=_nonnegative_int, default=0)
+    rep.add_argument("--threads", type=_positive_int, help="torch threads")
+    rep.add_argument("--json", action="store_true", help="one JSON object per row")
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from fewshot import bench
+
+    if args.bench == "speed":
+        try:
+            bench.speed(args)
+        except bench.WorkerError as e:
+            sys.exit(f"fewshot bench: error: {e}")
+    else:
+        from fewshot.reproduce import reproduce
+
+        reproduce(args)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -256,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        {"train": _train, "eval": _eval, "download": _download}[args.command](args)
+        {"train": _train, "eval": _eval, "download": _download, "bench": _bench}[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"fewshot {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT

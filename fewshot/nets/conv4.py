@@ -12,7 +12,7 @@ Norm = Literal["batch", "none"]
 
 
 def conv_block(in_channels: int, out_channels: int, variant: Variant, norm: Norm) -> nn.Sequential:
-    """3x3 convolution, normalisation, ReLU, then 2x2 max-pool (``pool``) or stride 2 (``strided``)."""
+    """3x3 convolution (stride 2 for ``strided``), normalisation, 2x2 max-pool (``pool``), ReLU."""
     stride = 2 if variant == "strided" else 1
     layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)]
     if norm == "batch":
@@ -20,9 +20,11 @@ def conv_block(in_channels: int, out_channels: int, variant: Variant, norm: Norm
         # the statistics of the batch it is given - one task's support or query set in
         # MAML (the paper's transductive setting), support and query together in ProtoNet.
         layers.append(nn.BatchNorm2d(out_channels, track_running_stats=False))
-    layers.append(nn.ReLU())
     if variant == "pool":
+        # Max-pool before ReLU: the same function and gradient (ReLU is monotone, so it commutes
+        # with max), with the ReLU and its backward on a quarter of the elements.
         layers.append(nn.MaxPool2d(2))
+    layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
 
