@@ -156,3 +156,12 @@ def test_shipped_recipes_resolve_to_valid_configs(path):
     config = resolve(values, {})
     for key, value in values.items():
         assert getattr(config, key) == value, key
+
+
+def test_siamese_distance_is_validated_and_reaches_the_learner():
+    from fewshot.learners import build_learner
+
+    with pytest.raises(ValueError, match="siamese distance"):
+        RunConfig(algo="siamese", distance="cosine").validate()
+    learner = build_learner(RunConfig(algo="siamese", distance="l1-weighted").validate())
+    assert learner.distance_kind == "l1-weighted" and learner.loss_kind == "bce"

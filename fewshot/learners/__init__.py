@@ -27,7 +27,7 @@ def build_learner(config: RunConfig) -> Learner:
         return RelationNet(relation_encoder(norm=config.norm), RelationModule(spatial=config.image_size // 4,
                                                                               norm=config.norm))
     if config.algo == "siamese":
-        return SiameseNet(Conv4(variant=variant, norm=config.norm), "euclidean", margin=config.margin)
+        return SiameseNet(Conv4(variant=variant, norm=config.norm), config.distance, margin=config.margin)
     if config.algo == "finetune":
         if config.pretrain_classes is None:
             raise ValueError("finetune needs pretrain_classes (the number of training classes), set when a run starts")
