@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from fewshot.config import ALGOS, DATASETS, GRADIENT_ALGOS, load_yaml
+from fewshot.config import ALGOS, DATASETS, GRADIENT_ALGOS, MOLECULE_DATASETS, load_yaml
 
 EXIT_BAD_INPUT = 2
 
@@ -58,6 +58,12 @@ def _episode_flags(p: argparse.ArgumentParser) -> None:
                                        "(default: $FEWSHOT_DATA_ROOT, then the embedded background set)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice; use 1 "
                                                        "when other jobs share the cores)")
+    p.add_argument("--support-size", type=_positive_int, help="molecules: support molecules per task, stratified "
+                                                            "by the task's active fraction (FS-Mol: 16, 32, 64, 128)")
+    p.add_argument("--support-pos", type=_positive_int, help="molecules: exactly this many actives in the support "
+                                                           "set (with --support-neg; the Tox21 protocol)")
+    p.add_argument("--support-neg", type=_positive_int, help="molecules: exactly this many inactives")
+    p.add_argument("--draws", type=_positive_int, help="molecules: evaluation episodes per task (FS-Mol 10, Tox21 20)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,13 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--inner-lr", type=_positive_float, help="inner step size alpha")
     train.add_argument("--lr", type=_positive_float, help="outer (Adam) learning rate")
     train.add_argument("--time-limit", type=_positive_float, help="stop cleanly after this many seconds")
+    train.add_argument("--featurizer", choices=("ecfp", "ecfp+desc", "graph"),
+                       help="molecules: ECFP counts, ECFP and RDKit descriptors, or graphs (with net: graph)")
     train.add_argument("--out", help="run directory (default runs/<time>-<algo>-<dataset>)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     ev = sub.add_parser("eval", help="evaluate a trained run on held-out episodes")
     ev.add_argument("run_dir", help="the --out directory of a `fewshot train` run")
     _episode_flags(ev)
-    ev.add_argument("--episodes", type=_positive_int, default=600, help="episodes to average (default 600)")
+    ev.add_argument("--episodes", type=_positive_int, help="episodes to average (default 600)")
     ev.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
     ev.add_argument("--json", action="store_true", help="print the result as one JSON line")
     ev.add_argument("--benchmark", choices=("omniglot-lake-runs",),
@@ -101,7 +109,9 @@ def _train(args: argparse.Namespace) -> None:
     flags = {"algo": args.algo, "dataset": args.dataset, "split": args.split, "ways": args.ways,
              "shots": args.shots, "queries": args.queries, "meta_batch": args.meta_batch, "steps": args.steps,
              "inner_steps": args.inner_steps, "inner_lr": args.inner_lr, "lr": args.lr,
-             "time_limit": args.time_limit, "seed": args.seed, "data_root": args.data_root}
+             "time_limit": args.time_limit, "seed": args.seed, "data_root": args.data_root,
+             "support_size": args.support_size, "support_pos": args.support_pos, "support_neg": args.support_neg,
+             "draws": args.draws, "featurizer": args.featurizer}
     file_values = load_yaml(args.config) if args.config else {}
     out = args.out
     if out is None:
@@ -113,9 +123,12 @@ def _train(args: argparse.Namespace) -> None:
     print(f"run directory: {out}", file=sys.stderr)
     result = trainer.run()
     note = " (stopped by --time-limit)" if result.stopped_early else ""
-    print(f"trained {result.step} steps{note}; best validation {result.best_val:.4f}", file=sys.stderr)
+    best = "n/a" if result.best_val is None else f"{result.best_val:.4f}"
+    print(f"trained {result.step} steps{note}; best validation {best}", file=sys.stderr)
     from fewshot.train import load_learner
     learner, cfg = load_learner(Path(out))
+    if cfg.dataset in MOLECULE_DATASETS:
+        return _test_molecules(learner, cfg, Path(out))
     name, tasks = test_tasks(cfg)
     res = evaluate(learner, tasks, cfg.test_episodes, inner_steps=cfg.test_inner_steps, progress=True)
     summary = _summary(res, cfg.dataset, name, cfg.ways, cfg.shots)
@@ -129,6 +142,66 @@ def _summary(res, dataset: str, split: str, ways: int, shots: int) -> dict:
             "dataset": dataset, "split": split, "ways": ways, "shots": shots}
 
 
+def _molecule_summary(res, support) -> dict:
+    """The JSON line of a molecule evaluation (mean and standard error over tasks)."""
+    summary = {"metric": res.metric, "mean": res.mean, "stderr": res.stderr, "tasks": len(res.tasks),
+               "support_size": support.size if support.size is not None else support.positives + support.negatives}
+    if support.size is None:
+        summary.update(support_pos=support.positives, support_neg=support.negatives)
+    return summary
+
+
+def _molecule_line(res, name: str, support, steps: int | None = None) -> str:
+    inner = f", {steps} inner steps" if steps else ""
+    return (f"{res.metric}: {res.mean:.4f} ± {res.stderr:.4f} (standard error over {len(res.tasks)} tasks, "
+            f"{res.episodes} episodes, support {support.describe()}, {name}{inner})")
+
+
+def _test_molecules(learner, cfg, out: Path) -> None:
+    """The end of ``fewshot train`` on molecules: score the test tasks (FS-Mol without its test file: valid)."""
+    from fewshot.evaluate import evaluate
+    from fewshot.tasks import molecule_sources
+
+    split = molecule_sources.default_eval_split(cfg)
+    if split != "test":
+        print(f"note: {cfg.dataset} test file not in the data root; scoring the official {split} tasks instead",
+              file=sys.stderr)
+    name, tasks = molecule_sources.test_tasks(cfg, split)
+    res = evaluate(learner, tasks, None, inner_steps=cfg.test_inner_steps, progress=True)
+    support = cfg.support_spec()
+    (out / "test.json").write_text(json.dumps({**_molecule_summary(res, support), "split": name}) + "\n")
+    print(f"test {_molecule_line(res, name, support, cfg.test_inner_steps)}")
+
+
+def _eval_molecules(args: argparse.Namespace, learner, cfg) -> None:
+    """``fewshot eval RUN_DIR`` of a molecule run: mean ± standard error over tasks of ΔAUPRC (FS-Mol) or ROC-AUC."""
+    from fewshot.evaluate import evaluate
+    from fewshot.tasks import molecule_sources
+    from fewshot.tasks.assays import SupportSpec
+
+    image_flags = [f for f, v in (("--ways", args.ways), ("--shots", args.shots), ("--queries", args.queries),
+                                  ("--episodes", args.episodes)) if v is not None]
+    if image_flags:
+        raise ValueError(f"molecule runs are evaluated on every task with --support-size or --support-pos/"
+                         f"--support-neg and --draws; drop {', '.join(image_flags)}")
+    if args.support_size is not None and (args.support_pos is not None or args.support_neg is not None):
+        raise ValueError("give --support-size or --support-pos and --support-neg, not both")
+    if args.support_size is not None:
+        support = SupportSpec(size=args.support_size)
+    elif args.support_pos is not None or args.support_neg is not None:
+        support = SupportSpec(positives=args.support_pos, negatives=args.support_neg)
+    else:
+        support = cfg.support_spec()
+    name, tasks = molecule_sources.test_tasks(cfg, args.split, args.data_root, support=support, draws=args.draws,
+                                              seed=args.seed if args.seed is not None else 0)
+    steps = args.inner_steps if args.inner_steps is not None else cfg.test_inner_steps
+    res = evaluate(learner, tasks, None, inner_steps=steps, progress=not args.json)
+    if args.json:
+        print(json.dumps(_molecule_summary(res, support)))
+    else:
+        print(_molecule_line(res, name, support, steps))
+
+
 def _eval(args: argparse.Namespace) -> None:
     from fewshot.evaluate import evaluate
     from fewshot.tasks.sources import test_tasks
@@ -140,13 +213,15 @@ def _eval(args: argparse.Namespace) -> None:
     if args.dataset not in (None, cfg.dataset):
         raise ValueError(f"run {args.run_dir} was trained on {cfg.dataset}, not {args.dataset}; "
                          "evaluate it on its own dataset")
+    if cfg.dataset in MOLECULE_DATASETS:
+        return _eval_molecules(args, learner, cfg)
     if args.ways not in (None, cfg.ways) and cfg.algo in GRADIENT_ALGOS:
         raise ValueError(f"{cfg.algo} run {args.run_dir} has a {cfg.ways}-way head; evaluate with --ways {cfg.ways}")
     seed = args.seed if args.seed is not None else 0
     name, tasks = test_tasks(cfg, args.split, args.data_root, ways=args.ways, shots=args.shots,
                              queries=args.queries, seed=seed)
     steps = args.inner_steps if args.inner_steps is not None else cfg.test_inner_steps
-    res = evaluate(learner, tasks, args.episodes, inner_steps=steps, progress=not args.json)
+    res = evaluate(learner, tasks, args.episodes or 600, inner_steps=steps, progress=not args.json)
     summary = _summary(res, cfg.dataset, name, args.ways or cfg.ways, args.shots or cfg.shots)
     if args.json:
         print(json.dumps(summary))

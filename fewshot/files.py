@@ -1,10 +1,17 @@
-"""Crash-safe file writing shared by checkpoints and caches."""
+"""Crash-safe file writing and the cache directory, shared by checkpoints and caches."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir`` if given, else ``$FEWSHOT_CACHE``, else ``~/.cache/fewshot``."""
+    if cache_dir is None:
+        cache_dir = os.environ.get("FEWSHOT_CACHE") or Path.home() / ".cache" / "fewshot"
+    return Path(cache_dir).expanduser()
 
 
 def atomic_write(path: Path, data: bytes) -> None:

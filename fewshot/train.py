@@ -70,6 +70,8 @@ def load_learner(run_dir: Path, checkpoint: str = "best") -> tuple[Learner, RunC
     """The learner of a run, with the weights of checkpoint ``best`` (or ``last``)."""
     config = load_run_config(run_dir)
     learner = build_learner(config)
+    if not any(True for _ in learner.parameters()):   # nothing was trained (the random forest)
+        return learner, config
     ckpt_dir = run_dir / "checkpoints"
     name = checkpoint if (ckpt_dir / f"{checkpoint}.json").is_file() else "last"
     tensors, _ = read_checkpoint(ckpt_dir, name)
@@ -97,7 +99,7 @@ def run_config(run_dir: Path, file_values: dict[str, Any], flags: dict[str, Any]
 
 
 def _better(metric: str, new: float, old: float | None) -> bool:
-    return old is None or (new > old if metric == "accuracy" else new < old)
+    return old is None or (new < old if metric in ("mse", "error") else new > old)
 
 
 class Trainer:
@@ -110,7 +112,8 @@ class Trainer:
         self.config = config if resuming else fill_in(config)
         torch.manual_seed(self.config.seed)
         self.learner = build_learner(self.config)
-        self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=self.config.lr)
+        params = list(self.learner.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=self.config.lr) if params else None   # None: nothing to train
         self.step, self.best_val, self._saved_step = 0, None, None
         if (self.ckpt_dir / "last.json").is_file():
             self._restore()
@@ -147,7 +150,7 @@ class Trainer:
             path.write_text("".join(l + "\n" for l in kept))
 
     def validate(self) -> EvalResult:
-        return evaluate(self.learner, self.val_tasks, self.config.val_episodes,
+        return evaluate(self.learner, self.val_tasks, min(self.config.val_episodes, len(self.val_tasks)),
                         inner_steps=self.config.test_inner_steps)
 
     def run(self) -> TrainResult:
@@ -156,6 +159,8 @@ class Trainer:
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if self.optimizer is None:   # a learner without parameters (the random forest): the run is its config
+            return TrainResult(self.learner, cfg, 0, False, None)
         self._truncate_log()
         writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
         start, stopped_early = time.monotonic(), False
