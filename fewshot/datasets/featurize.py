@@ -332,7 +332,8 @@ def cache_path(smiles: Sequence[str], spec: FeaturizerSpec, name: str, cache_dir
     except ImportError:
         version = "none"
     h = hashlib.sha256()
-    h.update(json.dumps({"format": _CACHE_FORMAT, "spec": asdict(spec), "rdkit": version,
+    settings = {k: v for k, v in asdict(spec).items() if k != "counts"}   # counts vs bits: same stored arrays
+    h.update(json.dumps({"format": _CACHE_FORMAT, "spec": settings, "rdkit": version,
                          "descriptors": sorted(SLOW_DESCRIPTORS)}, sort_keys=True).encode())
     h.update("\n".join(smiles).encode())
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
