@@ -128,7 +128,8 @@ def _train(args: argparse.Namespace) -> None:
     from fewshot.train import load_learner
     learner, cfg = load_learner(Path(out))
     if cfg.dataset in MOLECULE_DATASETS:
-        return _test_molecules(learner, cfg, Path(out))
+        from fewshot.cli_molecules import test_after_training
+        return test_after_training(learner, cfg, Path(out))
     name, tasks = test_tasks(cfg)
     res = evaluate(learner, tasks, cfg.test_episodes, inner_steps=cfg.test_inner_steps, progress=True)
     summary = _summary(res, cfg.dataset, name, cfg.ways, cfg.shots)
@@ -140,66 +141,6 @@ def _train(args: argparse.Namespace) -> None:
 def _summary(res, dataset: str, split: str, ways: int, shots: int) -> dict:
     return {"metric": res.metric, "mean": res.mean, "ci95": res.ci95, "episodes": res.episodes,
             "dataset": dataset, "split": split, "ways": ways, "shots": shots}
-
-
-def _molecule_summary(res, support) -> dict:
-    """The JSON line of a molecule evaluation (mean and standard error over tasks)."""
-    summary = {"metric": res.metric, "mean": res.mean, "stderr": res.stderr, "tasks": len(res.tasks),
-               "support_size": support.size if support.size is not None else support.positives + support.negatives}
-    if support.size is None:
-        summary.update(support_pos=support.positives, support_neg=support.negatives)
-    return summary
-
-
-def _molecule_line(res, name: str, support, steps: int | None = None) -> str:
-    inner = f", {steps} inner steps" if steps else ""
-    return (f"{res.metric}: {res.mean:.4f} ± {res.stderr:.4f} (standard error over {len(res.tasks)} tasks, "
-            f"{res.episodes} episodes, support {support.describe()}, {name}{inner})")
-
-
-def _test_molecules(learner, cfg, out: Path) -> None:
-    """The end of ``fewshot train`` on molecules: score the test tasks (FS-Mol without its test file: valid)."""
-    from fewshot.evaluate import evaluate
-    from fewshot.tasks import molecule_sources
-
-    split = molecule_sources.default_eval_split(cfg)
-    if split != "test":
-        print(f"note: {cfg.dataset} test file not in the data root; scoring the official {split} tasks instead",
-              file=sys.stderr)
-    name, tasks = molecule_sources.test_tasks(cfg, split)
-    res = evaluate(learner, tasks, None, inner_steps=cfg.test_inner_steps, progress=True)
-    support = cfg.support_spec()
-    (out / "test.json").write_text(json.dumps({**_molecule_summary(res, support), "split": name}) + "\n")
-    print(f"test {_molecule_line(res, name, support, cfg.test_inner_steps)}")
-
-
-def _eval_molecules(args: argparse.Namespace, learner, cfg) -> None:
-    """``fewshot eval RUN_DIR`` of a molecule run: mean ± standard error over tasks of ΔAUPRC (FS-Mol) or ROC-AUC."""
-    from fewshot.evaluate import evaluate
-    from fewshot.tasks import molecule_sources
-    from fewshot.tasks.assays import SupportSpec
-
-    image_flags = [f for f, v in (("--ways", args.ways), ("--shots", args.shots), ("--queries", args.queries),
-                                  ("--episodes", args.episodes)) if v is not None]
-    if image_flags:
-        raise ValueError(f"molecule runs are evaluated on every task with --support-size or --support-pos/"
-                         f"--support-neg and --draws; drop {', '.join(image_flags)}")
-    if args.support_size is not None and (args.support_pos is not None or args.support_neg is not None):
-        raise ValueError("give --support-size or --support-pos and --support-neg, not both")
-    if args.support_size is not None:
-        support = SupportSpec(size=args.support_size)
-    elif args.support_pos is not None or args.support_neg is not None:
-        support = SupportSpec(positives=args.support_pos, negatives=args.support_neg)
-    else:
-        support = cfg.support_spec()
-    name, tasks = molecule_sources.test_tasks(cfg, args.split, args.data_root, support=support, draws=args.draws,
-                                              seed=args.seed if args.seed is not None else 0)
-    steps = args.inner_steps if args.inner_steps is not None else cfg.test_inner_steps
-    res = evaluate(learner, tasks, None, inner_steps=steps, progress=not args.json)
-    if args.json:
-        print(json.dumps(_molecule_summary(res, support)))
-    else:
-        print(_molecule_line(res, name, support, steps))
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -214,7 +155,8 @@ def _eval(args: argparse.Namespace) -> None:
         raise ValueError(f"run {args.run_dir} was trained on {cfg.dataset}, not {args.dataset}; "
                          "evaluate it on its own dataset")
     if cfg.dataset in MOLECULE_DATASETS:
-        return _eval_molecules(args, learner, cfg)
+        from fewshot.cli_molecules import evaluate_run
+        return evaluate_run(args, learner, cfg)
     if args.ways not in (None, cfg.ways) and cfg.algo in GRADIENT_ALGOS:
         raise ValueError(f"{cfg.algo} run {args.run_dir} has a {cfg.ways}-way head; evaluate with --ways {cfg.ways}")
     seed = args.seed if args.seed is not None else 0

@@ -129,14 +129,14 @@ class RunConfig:
     def _validate_molecules(self) -> None:
         from fewshot.datasets.featurize import FeaturizerSpec
 
+        if self.algo in ("relation", "matching-fce"):
+            raise ValueError(f"{self.algo} is built for images; on molecules use protonet, matching, siamese, "
+                             "maml, fomaml, anil, metasgd, reptile, finetune or forest")
         if self.net not in MOLECULE_NETS:
             raise ValueError(f"net {self.net!r} does not fit molecules; use fp-mlp (fingerprints) or graph")
         if (self.net == "graph") != (self.featurizer == "graph"):
             raise ValueError(f"net {self.net} needs featurizer {'graph' if self.net == 'graph' else 'ecfp or ecfp+desc'}"
                              f", got {self.featurizer}")
-        if self.algo in ("relation", "matching-fce"):
-            raise ValueError(f"{self.algo} is built for images; on molecules use protonet, matching, siamese, "
-                             "maml, fomaml, anil, metasgd, reptile, finetune or forest")
         if self.algo == "forest" and self.featurizer == "graph":
             raise ValueError("the random forest needs fingerprints: use featurizer ecfp (or ecfp+desc)")
         if self.ways != 2:

@@ -119,7 +119,7 @@ def test_fsmol_eval_json_contract_and_missing_test_file(tmp_path, capsys):
     (["train", "--dataset", "tox21", "--no-progress"], "--data-root"),
     (["train", "--dataset", "tox21", "--algo", "relation", "--data-root", "X"], "built for images"),
     (["train", "--dataset", "omniglot", "--algo", "forest"], "molecule datasets"),
-    (["train", "--dataset", "tox21", "--support-pos", "3", "--data-root", "X"], "positives and negatives"),
+    (["train", "--dataset", "fsmol", "--support-pos", "3", "--data-root", "X"], "positives and negatives"),
 ])
 def test_bad_molecule_input_is_one_line(argv, pattern, tmp_path, capsys):
     code, out, err = cli([*argv, "--out", tmp_path / "r"], capsys)
