@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from fewshot.config import ALGOS, DATASETS, GRADIENT_ALGOS, load_yaml
+from fewshot.config import ALGOS, DATASETS, GRADIENT_ALGOS, MOLECULE_DATASETS, load_yaml
 
 EXIT_BAD_INPUT = 2
 EXIT_SYSTEM_ERROR = 1
@@ -87,6 +87,12 @@ def _episode_flags(p: argparse.ArgumentParser) -> None:
                                        "(default: $FEWSHOT_DATA_ROOT, then the embedded background set)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice; use 1 "
                                                        "when other jobs share the cores)")
+    p.add_argument("--support-size", type=_positive_int, help="molecules: support molecules per task, stratified "
+                                                            "by the task's active fraction (FS-Mol: 16, 32, 64, 128)")
+    p.add_argument("--support-pos", type=_positive_int, help="molecules: exactly this many actives in the support "
+                                                           "set (with --support-neg; the Tox21 protocol)")
+    p.add_argument("--support-neg", type=_positive_int, help="molecules: exactly this many inactives")
+    p.add_argument("--draws", type=_positive_int, help="molecules: evaluation episodes per task (FS-Mol 10, Tox21 20)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,13 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--on-nonfinite", choices=("stop", "skip"),
                        help="a NaN/inf meta-loss or gradient: stop, keeping the last good checkpoint (default), "
                             "or skip that meta-batch")
+    train.add_argument("--featurizer", choices=("ecfp", "ecfp+desc", "graph"),
+                       help="molecules: ECFP counts, ECFP and RDKit descriptors, or graphs (with net: graph)")
     train.add_argument("--out", help="run directory (default runs/<time>-<algo>-<dataset>)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     ev = sub.add_parser("eval", help="evaluate a trained run on held-out episodes")
     ev.add_argument("run_dir", help="the --out directory of a `fewshot train` run")
     _episode_flags(ev)
-    ev.add_argument("--episodes", type=_positive_int, default=600, help="episodes to average (default 600)")
+    ev.add_argument("--episodes", type=_positive_int, help="episodes to average (default 600)")
     ev.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
     ev.add_argument("--json", action="store_true", help="print the result as one JSON line")
     ev.add_argument("--benchmark", choices=("omniglot-lake-runs",),
@@ -212,7 +220,9 @@ def _train_in_group(args: argparse.Namespace) -> None:
              "meta_batch": args.meta_batch, "steps": args.steps,
              "inner_steps": args.inner_steps, "inner_lr": args.inner_lr, "lr": args.lr,
              "time_limit": args.time_limit, "seed": args.seed, "data_root": args.data_root,
-             "on_nonfinite": args.on_nonfinite}
+             "on_nonfinite": args.on_nonfinite,
+             "support_size": args.support_size, "support_pos": args.support_pos, "support_neg": args.support_neg,
+             "draws": args.draws, "featurizer": args.featurizer}
     file_values = load_yaml(args.config) if args.config else {}
     out = args.out
     if out is None:
@@ -229,9 +239,13 @@ def _train_in_group(args: argparse.Namespace) -> None:
         return
     note = " (stopped by --time-limit)" if result.stopped_early else ""
     skipped = f"; skipped {result.skipped} meta-batches with a non-finite loss" if result.skipped else ""
-    print(f"trained {result.step} steps{note}{skipped}; best validation {result.best_val:.4f}", file=sys.stderr)
+    best = "n/a" if result.best_val is None else f"{result.best_val:.4f}"
+    print(f"trained {result.step} steps{note}{skipped}; best validation {best}", file=sys.stderr)
     from fewshot.train import load_learner
     learner, cfg = load_learner(Path(out))
+    if cfg.dataset in MOLECULE_DATASETS:
+        from fewshot.cli_molecules import test_after_training
+        return test_after_training(learner, cfg, Path(out))
     name, tasks = test_tasks(cfg)
     res = evaluate(learner, tasks, cfg.test_episodes, inner_steps=cfg.test_inner_steps, progress=True)
     summary = _summary(res, cfg.dataset, name, cfg.ways, cfg.shots)
@@ -256,13 +270,16 @@ def _eval(args: argparse.Namespace) -> None:
     if args.dataset not in (None, cfg.dataset):
         raise ValueError(f"run {args.run_dir} was trained on {cfg.dataset}, not {args.dataset}; "
                          "evaluate it on its own dataset")
+    if cfg.dataset in MOLECULE_DATASETS:
+        from fewshot.cli_molecules import evaluate_run
+        return evaluate_run(args, learner, cfg)
     if args.ways not in (None, cfg.ways) and cfg.algo in GRADIENT_ALGOS:
         raise ValueError(f"{cfg.algo} run {args.run_dir} has a {cfg.ways}-way head; evaluate with --ways {cfg.ways}")
     seed = args.seed if args.seed is not None else 0
     name, tasks = test_tasks(cfg, args.split, args.data_root, ways=args.ways, shots=args.shots,
                              queries=args.queries, seed=seed)
     steps = args.inner_steps if args.inner_steps is not None else cfg.test_inner_steps
-    res = evaluate(learner, tasks, args.episodes, inner_steps=steps, progress=not args.json)
+    res = evaluate(learner, tasks, args.episodes or 600, inner_steps=steps, progress=not args.json)
     summary = _summary(res, cfg.dataset, name, args.ways or cfg.ways, args.shots or cfg.shots)
     if args.json:
         print(json.dumps(summary))

@@ -17,8 +17,10 @@ import yaml
 
 GRADIENT_ALGOS = ("maml", "fomaml", "anil", "metasgd", "reptile")
 METRIC_ALGOS = ("protonet", "matching", "matching-fce", "relation", "siamese")
-ALGOS = GRADIENT_ALGOS + METRIC_ALGOS + ("finetune",)
-DATASETS = ("omniglot", "sinusoid")
+ALGOS = GRADIENT_ALGOS + METRIC_ALGOS + ("finetune", "forest")
+MOLECULE_DATASETS = ("fsmol", "tox21", "sider", "muv", "toxcast")
+DATASETS = ("omniglot", "sinusoid") + MOLECULE_DATASETS
+MOLECULE_NETS = ("fp-mlp", "graph")
 OMNIGLOT_SPLITS = ("background", "evaluation", "vinyals-train")
 
 
@@ -64,6 +66,21 @@ class RunConfig:
     on_nonfinite: str = "stop"         # a non-finite meta-loss or gradient: stop | skip (the meta-batch)
     seed: int = 0
     data_root: str | None = None
+    # molecules (fsmol, tox21, sider, muv, toxcast): see fewshot/tasks/molecule_sources.py
+    featurizer: str = "ecfp"           # ecfp | ecfp+desc | graph
+    fp_radius: int = 2
+    fp_size: int = 2048
+    fp_counts: bool = True             # ECFP counts (log1p-scaled) or bits
+    support_size: int = 16             # stratified support set (FS-Mol) ...
+    support_pos: int | None = None     # ... or exactly this many actives
+    support_neg: int | None = None     # ... and inactives (the Tox21 protocol)
+    draws: int = 10                    # evaluation episodes per task (FS-Mol 10, Tox21 protocol 20)
+    hidden: int = 1024                 # fp-mlp hidden width / graph atom state width
+    embedding_dim: int = 512
+    graph_layers: int = 3
+    trees: int = 100                   # forest: trees per task
+    input_dim: int | None = None       # fp-mlp input width (filled in from the features)
+    test_tasks: list[str] = field(default_factory=list)   # MoleculeNet sets: the held-out tasks (filled in)
 
     def validate(self) -> "RunConfig":
         """Raise ``ValueError`` naming the first impossible setting."""
@@ -86,9 +103,13 @@ class RunConfig:
         if not self.margin > 0:
             raise ValueError(f"margin must be > 0, got {self.margin}")
         for name in ("ways", "shots", "queries", "meta_batch", "steps", "image_size", "val_every", "batch_size",
-                     "val_episodes", "test_episodes", "log_every", "checkpoint_every", "holdout_val", "holdout_test"):
+                     "val_episodes", "test_episodes", "log_every", "checkpoint_every", "holdout_test"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        # molecules may validate on the training tasks' held-out molecules (holdout_val 0, the Tox21 protocol)
+        if self.holdout_val < (0 if self.dataset in MOLECULE_DATASETS else 1):
+            raise ValueError(f"holdout_val must be >= {0 if self.dataset in MOLECULE_DATASETS else 1}, "
+                             f"got {self.holdout_val}")
         for name in ("train_ways", "train_queries"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -115,14 +136,50 @@ class RunConfig:
         if self.dataset == "sinusoid" and (self.ways, self.train_ways) not in ((1, None), (1, 1)):
             raise ValueError(f"sinusoid tasks are regression with one output; ways must be 1, got "
                              f"{self.train_ways or self.ways}")
-        if self.net not in ("conv4-pool", "conv4-strided", "mlp"):
-            raise ValueError(f"unknown net {self.net!r}; choose conv4-pool, conv4-strided or mlp")
-        if (self.net == "mlp") != (self.dataset == "sinusoid"):
+        if self.net not in ("conv4-pool", "conv4-strided", "mlp") + MOLECULE_NETS:
+            raise ValueError(f"unknown net {self.net!r}; choose conv4-pool, conv4-strided, mlp, fp-mlp or graph")
+        if self.dataset in MOLECULE_DATASETS:
+            self._validate_molecules()
+        elif self.net in MOLECULE_NETS or self.algo == "forest":
+            raise ValueError(f"{self.net if self.algo != 'forest' else 'forest'} is for molecule datasets "
+                             f"({', '.join(MOLECULE_DATASETS)}), not {self.dataset}")
+        elif (self.net == "mlp") != (self.dataset == "sinusoid"):
             raise ValueError(f"net {self.net!r} does not fit dataset {self.dataset!r}: "
                              "use mlp for sinusoid and a conv4 net for omniglot")
         if self.norm not in ("batch", "none"):
             raise ValueError(f"unknown norm {self.norm!r}; choose batch or none")
         return self
+
+    def _validate_molecules(self) -> None:
+        from fewshot.datasets.featurize import FeaturizerSpec
+
+        if self.algo in ("relation", "matching-fce"):
+            raise ValueError(f"{self.algo} is built for images; on molecules use protonet, matching, siamese, "
+                             "maml, fomaml, anil, metasgd, reptile, finetune or forest")
+        if self.net not in MOLECULE_NETS:
+            raise ValueError(f"net {self.net!r} does not fit molecules; use fp-mlp (fingerprints) or graph")
+        if (self.net == "graph") != (self.featurizer == "graph"):
+            raise ValueError(f"net {self.net} needs featurizer {'graph' if self.net == 'graph' else 'ecfp or ecfp+desc'}"
+                             f", got {self.featurizer}")
+        if self.algo == "forest" and self.featurizer == "graph":
+            raise ValueError("the random forest needs fingerprints: use featurizer ecfp (or ecfp+desc)")
+        if self.ways != 2:
+            raise ValueError(f"assays are binary (0 inactive, 1 active): ways must be 2, got {self.ways}")
+        FeaturizerSpec(self.featurizer, self.fp_radius, self.fp_size, self.fp_counts)
+        self.support_spec()
+        for name in ("draws", "hidden", "embedding_dim", "graph_layers", "trees"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.queries < 2:
+            raise ValueError(f"queries (training query molecules per task) must be >= 2, got {self.queries}")
+
+    def support_spec(self):
+        """The :class:`~fewshot.tasks.assays.SupportSpec` of a molecule run (explicit counts win over the size)."""
+        from fewshot.tasks.assays import SupportSpec
+
+        if self.support_pos is not None or self.support_neg is not None:
+            return SupportSpec(positives=self.support_pos, negatives=self.support_neg)
+        return SupportSpec(size=self.support_size)
 
     @property
     def test_inner_steps(self) -> int:
@@ -159,6 +216,29 @@ _MAML_SINUSOID = dict(net="mlp", norm="none", ways=1, shots=10, queries=10, meta
 for _algo in ("maml", "fomaml", "anil", "metasgd"):
     RECIPES[(_algo, "sinusoid")] = _MAML_SINUSOID
 RECIPES[("reptile", "sinusoid")] = {**_MAML_SINUSOID, "inner_steps": 5, "inner_lr": 0.02, "meta_batch": 5}
+
+
+# Molecules. FS-Mol (Stanley et al. 2021): support 16 stratified, the rest of a task as query, 10 draws per
+# task; training episodes use 16 query molecules so that every training task (32 molecules or more) fits.
+# The Tox21 protocol (Altae-Tran et al. 2017): train on 9 tasks, test on SR-HSE, SR-MMP and SR-p53 with
+# 10+/10- supports, 20 draws.
+_MOLECULES = dict(ways=2, net="fp-mlp", featurizer="ecfp+desc", queries=16, meta_batch=16, lr=0.0005,
+                  inner_steps=0, steps=20000, holdout_val=0, val_every=500, val_episodes=200,
+                  checkpoint_every=500, log_every=50, test_episodes=10**6)
+_FSMOL = dict(_MOLECULES, support_size=16, draws=10, holdout_val=100)
+_TOX21 = dict(_MOLECULES, support_pos=10, support_neg=10, queries=64, draws=20, steps=2000, val_every=250,
+              checkpoint_every=250)
+_MAML_MOLECULES = dict(inner_lr=0.05, inner_steps=3, eval_inner_steps=3, lr=0.0005)
+for _dataset, _base in (("fsmol", _FSMOL), ("tox21", _TOX21), ("sider", _TOX21), ("muv", _TOX21),
+                        ("toxcast", _TOX21)):
+    RECIPES[("protonet", _dataset)] = _base
+    RECIPES[("matching", _dataset)] = _base
+    RECIPES[("siamese", _dataset)] = _base
+    for _algo in ("maml", "fomaml", "anil", "metasgd"):
+        RECIPES[(_algo, _dataset)] = dict(_base, **_MAML_MOLECULES)
+    RECIPES[("reptile", _dataset)] = dict(_base, inner_lr=0.05, inner_steps=5, eval_inner_steps=5, meta_batch=5)
+    RECIPES[("finetune", _dataset)] = dict(_base, batch_size=256, inner_lr=0.01, inner_steps=50)
+    RECIPES[("forest", _dataset)] = dict(_base, featurizer="ecfp", fp_counts=False, steps=1)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Crash-safe file writing shared by checkpoints and caches."""
+"""Crash-safe file writing and the cache directory, shared by checkpoints and caches."""
 
 from __future__ import annotations
 
@@ -7,6 +7,13 @@ import tempfile
 from pathlib import Path
 
 from fewshot.faults import pause_point
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir`` if given, else ``$FEWSHOT_CACHE``, else ``~/.cache/fewshot``."""
+    if cache_dir is None:
+        cache_dir = os.environ.get("FEWSHOT_CACHE") or Path.home() / ".cache" / "fewshot"
+    return Path(cache_dir).expanduser()
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -78,6 +78,8 @@ def load_learner(run_dir: Path, checkpoint: str = "best") -> tuple[Learner, RunC
     """The learner of a run, with the weights of checkpoint ``best`` (or ``last``)."""
     config = load_run_config(run_dir)
     learner = build_learner(config)
+    if not any(True for _ in learner.parameters()):   # nothing was trained (the random forest)
+        return learner, config
     ckpt_dir = run_dir / "checkpoints"
     name = checkpoint if (ckpt_dir / f"{checkpoint}.json").is_file() else "last"
     tensors, _ = read_checkpoint(ckpt_dir, name)
@@ -114,7 +116,7 @@ def _non_finite(loss: float, params: list[torch.Tensor]) -> str | None:
 
 
 def _better(metric: str, new: float, old: float | None) -> bool:
-    return old is None or (new > old if metric == "accuracy" else new < old)
+    return old is None or (new < old if metric in ("mse", "error") else new > old)
 
 
 class Trainer:
@@ -131,7 +133,8 @@ class Trainer:
         self.config = config if resuming else fill_in(config)
         torch.manual_seed(self.config.seed)
         self.learner = build_learner(self.config)
-        self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=self.config.lr)
+        params = list(self.learner.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=self.config.lr) if params else None   # None: nothing to train
         self.step, self.best_val, self._saved_step, self.skipped = 0, None, None, 0
         if (self.ckpt_dir / "last.json").is_file():
             self._restore()
@@ -180,7 +183,7 @@ class Trainer:
         atomic_write(path, "".join(l + "\n" for l in kept).encode())
 
     def validate(self) -> EvalResult:
-        return evaluate(self.learner, self.val_tasks, self.config.val_episodes,
+        return evaluate(self.learner, self.val_tasks, min(self.config.val_episodes, len(self.val_tasks)),
                         inner_steps=self.config.test_inner_steps)
 
     def run(self) -> TrainResult:
@@ -193,6 +196,9 @@ class Trainer:
             for name in ("config.yaml", "metrics.jsonl"):
                 remove_partial_writes(self.run_dir, name)
             atomic_write(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+        if self.optimizer is None:   # a learner without parameters (the random forest): the run is its config
+            return TrainResult(self.learner, cfg, 0, False, None)
+        if main:
             self._truncate_log()
             writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
         start, stopped_early = time.monotonic(), False

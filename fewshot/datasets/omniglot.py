@@ -48,7 +48,7 @@ import torch
 from PIL import Image
 
 from fewshot.datasets.labelled import LabelledData
-from fewshot.files import atomic_write
+from fewshot.files import atomic_write, cache_root
 
 SETS = ("background", "evaluation")
 VINYALS_SPLITS = ("vinyals-train", "vinyals-val", "vinyals-test", "vinyals-trainval")
@@ -144,7 +144,7 @@ def load_omniglot(
     if not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     root = resolve_data_root(data_root)
-    cache = _resolve_cache_dir(cache_dir)
+    cache = cache_root(cache_dir)
     if rotations is None:
         rotations = split in VINYALS_SPLITS
 
@@ -181,13 +181,6 @@ def resolve_data_root(data_root: str | Path | None) -> Path:
         return Path(data_root).expanduser()
     from_env = os.environ.get("FEWSHOT_DATA_ROOT")
     return Path(from_env).expanduser() if from_env else PACKAGE_DATA_ROOT
-
-
-def _resolve_cache_dir(cache_dir: str | Path | None) -> Path:
-    """``cache_dir`` if given, else ``$FEWSHOT_CACHE``, else ``~/.cache/fewshot``."""
-    if cache_dir is None:
-        cache_dir = os.environ.get("FEWSHOT_CACHE") or Path.home() / ".cache" / "fewshot"
-    return Path(cache_dir).expanduser()
 
 
 def _find_source(root: Path, set_name: str) -> Path:

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
-from fewshot.config import RunConfig
+from torch import nn
+
+from fewshot.config import MOLECULE_DATASETS, RunConfig
 from fewshot.learners.base import Learner
 from fewshot.learners.finetune import FineTune
+from fewshot.learners.forest import RandomForest
 from fewshot.learners.gradient import GradientLearner, Reptile
 from fewshot.learners.matching import MatchingNet
 from fewshot.learners.protonet import ProtoNet
 from fewshot.learners.relation import RelationModule, RelationNet, relation_encoder
 from fewshot.learners.siamese import SiameseNet
-from fewshot.nets import MLP, Conv4
+from fewshot.nets import MLP, Conv4, FingerprintMLP, GraphNet
 
 __all__ = ["Learner", "GradientLearner", "Reptile", "ProtoNet", "MatchingNet", "RelationNet", "SiameseNet",
-           "FineTune", "build_learner"]
+           "FineTune", "RandomForest", "build_learner", "molecule_net"]
+
+
+def molecule_net(config: RunConfig, out_features: int | None = None) -> nn.Module:
+    """The molecule encoder of a run: ``[B, ...] -> [B, embedding_dim]`` (or ``[B, out_features]``)."""
+    if config.net == "graph":
+        return GraphNet(config.hidden, config.graph_layers, config.embedding_dim, out_features)
+    if config.input_dim is None:
+        raise ValueError("fp-mlp needs input_dim (the feature width), set when a run starts")
+    return FingerprintMLP(config.input_dim, config.hidden, config.embedding_dim, out_features)
 
 
 def build_learner(config: RunConfig) -> Learner:
     """The learner and network a run config asks for (fresh, randomly initialised)."""
+    if config.dataset in MOLECULE_DATASETS:
+        return _molecule_learner(config)
     variant = config.net.removeprefix("conv4-")
     if config.algo == "protonet":
         return ProtoNet(Conv4(variant=variant, norm=config.norm))
@@ -39,9 +53,31 @@ def build_learner(config: RunConfig) -> Learner:
         net, task = MLP(1, (40, 40), 1), "regression"
     else:
         net, task = Conv4(out_features=config.ways, variant=variant, norm=config.norm), "classification"
+    return _gradient_learner(config, net, task)
+
+
+def _gradient_learner(config: RunConfig, net: nn.Module, task: str = "classification") -> Learner:
+    """MAML, first-order MAML, ANIL, Meta-SGD or Reptile over ``net``."""
     if config.algo == "reptile":
         return Reptile(net, config.inner_lr, config.inner_steps, task=task)
     return GradientLearner(net, config.inner_lr, config.inner_steps, task=task,
                            first_order=config.algo == "fomaml", head_only=config.algo == "anil",
                            learn_inner_lr=config.algo == "metasgd", multi_step_loss=config.multi_step_loss,
                            vectorize=config.vectorize)
+
+
+def _molecule_learner(config: RunConfig) -> Learner:
+    if config.algo == "forest":
+        return RandomForest(config.trees, seed=config.seed)
+    if config.algo == "protonet":
+        return ProtoNet(molecule_net(config))
+    if config.algo == "matching":
+        return MatchingNet(molecule_net(config))
+    if config.algo == "siamese":
+        return SiameseNet(molecule_net(config), config.distance, margin=config.margin)
+    if config.algo == "finetune":
+        if config.pretrain_classes is None:
+            raise ValueError("finetune needs pretrain_classes (2 x the training tasks), set when a run starts")
+        return FineTune(molecule_net(config), config.pretrain_classes, head_steps=config.inner_steps,
+                        head_lr=config.inner_lr)
+    return _gradient_learner(config, molecule_net(config, out_features=2))

@@ -88,10 +88,14 @@ class Learner(nn.Module):
         return mean_metrics(metrics)
 
     @torch.no_grad()
+    def query_outputs(self, episode: Episode, steps: int | None = None) -> torch.Tensor:
+        """Query outputs (logits ``[N*Q, N]`` or values) after adapting to the support set (no meta-gradient)."""
+        return self.predict(self.adapt(episode.support_x, episode.support_y, steps=steps), episode.query_x)
+
+    @torch.no_grad()
     def evaluate_episode(self, episode: Episode, steps: int | None = None) -> float:
         """The query metric after adapting to the support set (no meta-gradient is built)."""
-        adapted = self.adapt(episode.support_x, episode.support_y, steps=steps)
-        return task_metric(self.predict(adapted, episode.query_x), episode.query_y, self.task)
+        return task_metric(self.query_outputs(episode, steps), episode.query_y, self.task)
 
 
 class JointEmbeddingLearner(Learner):
@@ -111,8 +115,8 @@ class JointEmbeddingLearner(Learner):
         return loss, {"loss": float(loss.detach()), "accuracy": task_metric(logits, episode.query_y, self.task)}
 
     @torch.no_grad()
-    def evaluate_episode(self, episode: Episode, steps: int | None = None) -> float:
-        return task_metric(self.episode_logits(episode), episode.query_y, self.task)
+    def query_outputs(self, episode: Episode, steps: int | None = None) -> torch.Tensor:
+        return self.episode_logits(episode)
 
 
 def mean_metrics(metrics: list[dict[str, float]]) -> dict[str, float]:

@@ -56,7 +56,7 @@ class FineTune(Learner):
         feature_dim: ``D`` when the encoder has no ``embedding_dim``.
 
     BatchNorm (per-batch statistics): the frozen part embeds support and query in one
-    forward pass in :meth:`evaluate_episode` (as :class:`~fewshot.learners.protonet.ProtoNet`
+    forward pass in :meth:`query_outputs` (as :class:`~fewshot.learners.protonet.ProtoNet`
     does); a fine-tuned last block normalises the support set while fitting and the
     query set when predicting.
     """
@@ -136,8 +136,7 @@ class FineTune(Learner):
         return self._apply(adapted, self._frozen(query_x))
 
     @torch.no_grad()
-    def evaluate_episode(self, episode: Episode, steps: int | None = None) -> float:
+    def query_outputs(self, episode: Episode, steps: int | None = None) -> torch.Tensor:
         n = episode.support_x.shape[0]
         h = self._frozen(torch.cat([episode.support_x, episode.query_x]))
-        fitted = self._fit(h[:n], episode.support_y, steps)
-        return task_metric(self._apply(fitted, h[n:]), episode.query_y, self.task)
+        return self._apply(self._fit(h[:n], episode.support_y, steps), h[n:])

@@ -4,6 +4,7 @@ Omniglot's Lake splits (``background``, ``evaluation``) are divided by alphabet:
 set of alphabets (drawn once with a constant seed, the same for every run) is held out
 for validation and another for testing; the run's config records both lists. The
 Vinyals split ``vinyals-train`` validates on ``vinyals-val`` and tests on ``vinyals-test``.
+Molecule datasets are delegated to :mod:`fewshot.tasks.molecule_sources`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Literal
 
 from torch.utils.data import Dataset
 
-from fewshot.config import RunConfig
+from fewshot.config import MOLECULE_DATASETS, RunConfig
 from fewshot.datasets.labelled import LabelledData
 from fewshot.datasets.omniglot import list_alphabets, load_omniglot
+from fewshot.tasks import molecule_sources
 from fewshot.tasks.pretrain import PretrainBatches
 from fewshot.tasks.sampler import ClassificationTasks
 from fewshot.tasks.seeding import derive_seed
@@ -49,6 +51,8 @@ def assign_holdout(config: RunConfig) -> RunConfig:
 
 def fill_in(config: RunConfig) -> RunConfig:
     """Settings a new run derives from its data: held-out alphabets, the fine-tune head's classes."""
+    if config.dataset in MOLECULE_DATASETS:
+        return molecule_sources.fill_in(config)
     config = assign_holdout(config)
     if config.algo == "finetune":
         classes = omniglot_part(config, "train").num_classes
@@ -104,6 +108,8 @@ def eval_data(config: RunConfig, split: str | None, data_root: str | None) -> tu
 def train_tasks(config: RunConfig) -> Dataset:
     """The run's stream of training episodes (seeded by the run's seed); with ``within_alphabet``, each
     episode's classes come from one alphabet (the Lake et al. 2015 protocol)."""
+    if config.dataset in MOLECULE_DATASETS:
+        return molecule_sources.train_tasks(config)
     seed = derive_seed(config.seed, 0)
     ways = config.train_ways or config.ways
     queries = config.train_queries or config.queries
@@ -118,6 +124,8 @@ def train_tasks(config: RunConfig) -> Dataset:
 def val_tasks(config: RunConfig) -> Dataset:
     """Validation episodes: the run's ways, shots and queries, on held-out classes (within one
     alphabet when ``within_alphabet``)."""
+    if config.dataset in MOLECULE_DATASETS:
+        return molecule_sources.val_tasks(config)
     seed = derive_seed(config.seed, 1)
     if config.dataset == "sinusoid":
         return SinusoidTasks(config.shots, config.queries, seed=seed)
