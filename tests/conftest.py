@@ -51,3 +51,15 @@ TINY_PROTONET: dict[str, Any] = dict(
 
 def tiny_protonet(**overrides: Any):
     return resolve({}, {**TINY_PROTONET, **overrides})
+
+
+def cli(argv: list, capsys) -> tuple[int, str, str]:
+    """Run ``fewshot ARGV`` in-process: (exit status, stdout, stderr); argparse's own exits count as the status."""
+    from fewshot.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -10,13 +10,9 @@ import pytest
 import torch
 
 from fewshot import bench, reproduce
-from fewshot.cli import main
+from conftest import cli
 
 
-def cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_speed_json_rows_have_exactly_the_contract_keys_and_real_measurements(capsys):

@@ -14,7 +14,7 @@ import yaml
 
 from fewshot.checkpoint import tensor_path
 
-from conftest import tiny_protonet
+from conftest import cli, tiny_protonet
 from fewshot.cli import main
 from fewshot.train import Trainer
 
@@ -23,14 +23,6 @@ TINY = {"meta_batch": 2, "shots": 5, "queries": 5, "val_every": 2, "val_episodes
 SUMMARY_KEYS = {"metric", "mean", "ci95", "episodes", "dataset", "split", "ways", "shots"}
 
 
-def cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Run ``main(argv)``; argparse's own errors leave through SystemExit, counted as the exit status."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import index_data, tiny_protonet
+from conftest import cli, index_data, tiny_protonet
 from fewshot.cli import main
 from fewshot.datasets.lake_runs import lake_error, load_lake_runs, write_lake_runs
 from fewshot.datasets.omniglot import PACKAGE_DATA_ROOT
@@ -271,10 +271,6 @@ def lake_run(tmp_path_factory) -> Path:
     return run
 
 
-def cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_lake_benchmark_prints_the_error_as_json(lake_run, tmp_path, capsys):

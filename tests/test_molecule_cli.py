@@ -21,7 +21,7 @@ import yaml
 pytest.importorskip("rdkit")
 pytest.importorskip("sklearn")
 
-from fewshot.cli import main  # noqa: E402
+from conftest import cli  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "data" / "molecules"
 SMARTS = {"carbonyl": "[CX3]=[OX1]", "halogen": "[F,Cl,Br,I]", "hydroxyl": "[OX2H]", "benzene": "c1ccccc1",
@@ -51,13 +51,6 @@ def substructure_root(tmp_path_factory) -> Path:
     return root
 
 
-def cli(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(autouse=True)
