@@ -46,11 +46,13 @@ class RunConfig:
     net: str = "conv4-pool"            # conv4-pool | conv4-strided | mlp
     norm: str = "batch"                # batch (per-task batch statistics) | none
     image_size: int = 28
-    rotations: bool | None = None      # None: on for the Vinyals splits, off otherwise
+    rotations: bool | None = None      # None: on for the Vinyals splits, off otherwise; on a Lake split they
+                                       # add training classes only (held-out alphabets stay upright)
     vectorize: bool = False            # vmap over the tasks of a meta-batch
     multi_step_loss: bool = False      # gradient learners: meta-train on the mean query loss after every inner step
     margin: float = 1.0                # siamese: contrastive-loss margin
-    distance: str = "euclidean"        # siamese: euclidean (contrastive loss) | l1-weighted (Koch's head, BCE)
+    distance: str = "euclidean"        # siamese: euclidean (contrastive loss) | l1-weighted (Koch's head, BCE);
+                                       # protonet: euclidean | mahalanobis (FS-Mol's class-covariance distance)
     batch_size: int = 64               # finetune: pretraining minibatch size
     pretrain_classes: int | None = None  # finetune: classes of the pretraining head (filled in)
     val_alphabets: list[str] = field(default_factory=list)   # filled in when the run starts
@@ -93,8 +95,10 @@ class RunConfig:
                              f"{', '.join(OMNIGLOT_SPLITS)}")
         if self.multi_step_loss and self.algo not in ("maml", "fomaml", "anil", "metasgd"):
             raise ValueError(f"multi_step_loss applies to maml, fomaml, anil and metasgd, not {self.algo}; drop it")
-        if self.distance not in ("euclidean", "l1-weighted"):
-            raise ValueError(f"unknown siamese distance {self.distance!r}; use euclidean or l1-weighted")
+        distances = {"siamese": ("euclidean", "l1-weighted"), "protonet": ("euclidean", "mahalanobis")}
+        allowed = distances.get(self.algo, ("euclidean",))
+        if self.distance not in allowed:
+            raise ValueError(f"unknown {self.algo} distance {self.distance!r}; use {' or '.join(allowed)}")
         if self.within_alphabet and self.dataset != "omniglot":
             raise ValueError(f"within_alphabet applies to omniglot episodes, not {self.dataset}; drop it")
         for name in ("margin", "inner_lr", "lr"):

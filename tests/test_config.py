@@ -165,3 +165,6 @@ def test_siamese_distance_is_validated_and_reaches_the_learner():
         RunConfig(algo="siamese", distance="cosine").validate()
     learner = build_learner(RunConfig(algo="siamese", distance="l1-weighted").validate())
     assert learner.distance_kind == "l1-weighted" and learner.loss_kind == "bce"
+    assert build_learner(RunConfig(algo="protonet", distance="mahalanobis").validate()).distance == "mahalanobis"
+    with pytest.raises(ValueError, match="maml distance 'mahalanobis'; use euclidean"):
+        RunConfig(algo="maml", distance="mahalanobis").validate()

@@ -13,6 +13,7 @@ from fewshot.learners.base import Learner
 from fewshot.learners.finetune import FineTune
 from fewshot.tasks.pretrain import PretrainBatches
 from fewshot.learners.matching import MatchingNet, attention_log_probs, cosine_attention
+from fewshot.learners.protonet import ProtoNet, mahalanobis_logits
 from fewshot.learners.relation import RelationModule, RelationNet, class_features, relation_encoder
 from fewshot.learners.siamese import SiameseNet
 from fewshot.nets import Conv4
@@ -58,6 +59,38 @@ def image_episode(ways: int = 5, shots: int = 2, queries: int = 3, size: int = 2
                    torch.arange(ways).repeat_interleave(shots),
                    torch.rand(ways * queries, 1, size, size, generator=g),
                    torch.arange(ways).repeat_interleave(queries))
+
+
+# --- ProtoNet's Mahalanobis distance ------------------------------------------------------------------------
+
+def test_mahalanobis_logits_equal_the_explicit_inverse_formula():
+    g = torch.Generator().manual_seed(0)
+    support, query = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randn(4, 5, generator=g,
+                                                                                       dtype=torch.float64)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    pooled = torch.cov(support.T, correction=0)
+    expected = []
+    for c in range(2):
+        members = support[labels == c]
+        w = min(len(members) / (len(members) + 1), 0.1)
+        cov = w * torch.cov(members.T, correction=0) + (1 - w) * pooled + 0.1 * torch.eye(5, dtype=torch.float64)
+        diff = query - members.mean(0)
+        expected.append(-torch.einsum("qd,de,qe->q", diff, torch.linalg.inv(cov), diff))
+    torch.testing.assert_close(mahalanobis_logits(support, labels, query, 2), torch.stack(expected, 1),
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_mahalanobis_logits_have_exact_gradients_and_allow_one_shot_classes():
+    g = torch.Generator().manual_seed(1)
+    support = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    query = torch.randn(2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 2])                              # one example per class: class covariance 0
+    assert torch.autograd.gradcheck(lambda s, q: mahalanobis_logits(s, labels, q, 3), (support, query))
+
+
+def test_protonet_distance_is_validated():
+    with pytest.raises(ValueError, match="mahalanobis"):
+        ProtoNet(mlp(), "cosine")
 
 
 # --- Matching networks --------------------------------------------------------------------------------------
@@ -242,6 +275,7 @@ def toy_learners() -> dict[str, Learner]:
     torch.manual_seed(0)
     return {
         "matching": MatchingNet(mlp()),
+        "protonet-mahalanobis": ProtoNet(mlp(), "mahalanobis"),
         "matching-fce": MatchingNet(mlp(), fce=True, feature_dim=32, process_steps=3),
         "relation": RelationNet(mlp(), nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))),
         "siamese": SiameseNet(mlp()),
@@ -264,7 +298,7 @@ def test_every_learner_runs_in_the_evaluator_with_query_by_ways_logits(name):
 
 
 # meta-steps of Adam (lr 1e-2, 2 tasks a step) per learner; the relation module learns its comparison slowest
-TOY_STEPS = {"matching": 300, "matching-fce": 300, "relation": 600}
+TOY_STEPS = {"protonet-mahalanobis": 300, "matching": 300, "matching-fce": 300, "relation": 600}
 
 
 @pytest.mark.parametrize("name", list(TOY_STEPS))

@@ -56,6 +56,16 @@ def test_holdout_lists_are_recorded_in_the_config(lake_parts):
     assert characters(omniglot_part(rebuilt, "test")) == characters(parts["test"])
 
 
+def test_rotations_on_a_lake_split_augment_training_classes_only(lake_parts):
+    _, upright = lake_parts
+    config = lake_config(rotations=True)
+    train = omniglot_part(config, "train")
+    assert len(train.class_names) == 4 * len(upright["train"].class_names)
+    assert characters(train) == characters(upright["train"])
+    for part in ("val", "test"):
+        assert omniglot_part(config, part).class_names == upright[part].class_names
+
+
 def test_holdout_is_the_same_for_every_run_seed():
     a, b = lake_config(seed=0), lake_config(seed=123)
     assert (a.val_alphabets, a.test_alphabets) == (b.val_alphabets, b.test_alphabets)

@@ -34,7 +34,7 @@ def build_learner(config: RunConfig) -> Learner:
         return _molecule_learner(config)
     variant = config.net.removeprefix("conv4-")
     if config.algo == "protonet":
-        return ProtoNet(Conv4(variant=variant, norm=config.norm))
+        return ProtoNet(Conv4(variant=variant, norm=config.norm), config.distance)
     if config.algo in ("matching", "matching-fce"):
         return MatchingNet(Conv4(variant=variant, norm=config.norm), fce=config.algo == "matching-fce")
     if config.algo == "relation":   # the paper's own encoder: 64x7x7 feature maps on 28x28 inputs
@@ -70,7 +70,7 @@ def _molecule_learner(config: RunConfig) -> Learner:
     if config.algo == "forest":
         return RandomForest(config.trees, seed=config.seed)
     if config.algo == "protonet":
-        return ProtoNet(molecule_net(config))
+        return ProtoNet(molecule_net(config), config.distance)
     if config.algo == "matching":
         return MatchingNet(molecule_net(config))
     if config.algo == "siamese":

@@ -64,7 +64,12 @@ def fill_in(config: RunConfig) -> RunConfig:
 
 
 def omniglot_part(config: RunConfig, part: Part, data_root: str | None = None) -> LabelledData:
-    """The classes of one part of the run's training split."""
+    """The classes of one part of the run's training split.
+
+    On a Vinyals split every part follows ``config.rotations`` (the published protocol tests on rotated
+    classes too); on a Lake split rotations are training augmentation only, so the held-out validation and
+    test alphabets are always their upright characters and scores stay comparable across runs.
+    """
     root = data_root or config.data_root
     if config.split.startswith("vinyals"):
         return load_omniglot(VINYALS_PARTS[part], root, config.image_size, config.rotations)
@@ -72,7 +77,7 @@ def omniglot_part(config: RunConfig, part: Part, data_root: str | None = None) -
     if part != "train":
         if not held[part]:
             raise ValueError(f"this run holds out no {part} alphabets")
-        return load_omniglot(config.split, root, config.image_size, config.rotations, alphabets=held[part])
+        return load_omniglot(config.split, root, config.image_size, False, alphabets=held[part])
     excluded = set(config.val_alphabets) | set(config.test_alphabets)
     keep = [a for a in list_alphabets(config.split, root) if a not in excluded]
     return load_omniglot(config.split, root, config.image_size, config.rotations, alphabets=keep)
@@ -94,8 +99,8 @@ def eval_data(config: RunConfig, split: str | None, data_root: str | None) -> tu
     elif split == "val":
         name, data = f"{config.split}:val", omniglot_part(config, "val", data_root)
     else:
-        name, data = split, load_omniglot(split, data_root or config.data_root, config.image_size,
-                                          config.rotations)
+        rotations = config.rotations if split.startswith("vinyals") else False
+        name, data = split, load_omniglot(split, data_root or config.data_root, config.image_size, rotations)
         seen = {character(c) for c in omniglot_part(config, "train", data_root).class_names}
         overlap = seen & {character(c) for c in data.class_names}
         if overlap:
