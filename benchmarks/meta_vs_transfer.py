@@ -22,36 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from cli_child import run_fewshot
 
 from fewshot.config import ALGOS, GRADIENT_ALGOS
 
 IMAGE_ALGOS = tuple(a for a in ALGOS if a != "forest")   # the random forest is a molecule baseline
 SETTINGS = ((5, 1), (5, 5), (20, 1), (20, 5))    # (ways, shots) of the test episodes
-
-
-def _fewshot(argv: list[str]) -> tuple[str, float, float]:
-    """Run ``fewshot ARGV`` in a child process: (stdout, wall seconds, the child's peak RSS in MB)."""
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True)
-    seconds = time.monotonic() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"fewshot {' '.join(argv)} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    *lines, usage = proc.stdout.rstrip("\n").split("\n")
-    return "\n".join(lines), seconds, json.loads(usage)["peak_mb"]
-
-
-def _child(argv: list[str]) -> int:
-    """Run the CLI in this process, then print its peak resident set size as the last stdout line."""
-    from fewshot.cli import main
-
-    code = main(argv)
-    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
-    return code
 
 
 def benchmark_learner(algo: str, out: Path, budget: float, episodes: int, common: list[str]) -> dict:
@@ -60,13 +39,13 @@ def benchmark_learner(algo: str, out: Path, budget: float, episodes: int, common
     runs, seconds, peak = {}, 0.0, 0.0
     for ways in ways_of_runs:
         run = out / f"{algo}-{ways}way"
-        _, s, mb = _fewshot(["train", "--algo", algo, "--ways", str(ways), "--steps", "1000000", "--time-limit",
+        _, s, mb = run_fewshot(["train", "--algo", algo, "--ways", str(ways), "--steps", "1000000", "--time-limit",
                              str(budget / len(ways_of_runs)), "--out", str(run), "--no-progress", *common])
         runs[ways], seconds, peak = run, seconds + s, max(peak, mb)
     row = {"learner": algo, "train_s": round(seconds, 1), "peak_mb": round(peak, 1), "budget_s": budget}
     for ways, shots in SETTINGS:
         run = runs[ways if ways in runs else 5]
-        stdout, _, _ = _fewshot(["eval", str(run), "--ways", str(ways), "--shots", str(shots), "--episodes",
+        stdout, _, _ = run_fewshot(["eval", str(run), "--ways", str(ways), "--shots", str(shots), "--episodes",
                                  str(episodes), "--json", *common])
         result = json.loads(stdout.splitlines()[-1])
         row[f"{ways}w{shots}s"] = {"mean": result["mean"], "ci95": result["ci95"], "episodes": result["episodes"]}
@@ -83,9 +62,6 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        return _child(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--learners", nargs="+", choices=IMAGE_ALGOS, default=list(IMAGE_ALGOS),
                         help="default: all")
@@ -93,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=600, help="test episodes per setting (default 600)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each child (default 1)")
     parser.add_argument("--out", default="runs/meta-vs-transfer", help="directory of the runs and results.jsonl")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
