@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--on-nonfinite", choices=("stop", "skip"),
                        help="a NaN/inf meta-loss or gradient: stop, keeping the last good checkpoint (default), "
                             "or skip that meta-batch")
+    train.add_argument("--precision", choices=("float32", "bf16"),
+                       help="the training step in float32 (default) or under bfloat16 autocast (weights, "
+                            "optimizer and evaluation stay float32)")
     train.add_argument("--featurizer", choices=("ecfp", "ecfp+desc", "graph"),
                        help="molecules: ECFP counts, ECFP and RDKit descriptors, or graphs (with net: graph)")
     train.add_argument("--out", help="run directory (default runs/<time>-<algo>-<dataset>)")
@@ -220,7 +223,7 @@ def _train_in_group(args: argparse.Namespace) -> None:
              "meta_batch": args.meta_batch, "steps": args.steps,
              "inner_steps": args.inner_steps, "inner_lr": args.inner_lr, "lr": args.lr,
              "time_limit": args.time_limit, "seed": args.seed, "data_root": args.data_root,
-             "on_nonfinite": args.on_nonfinite,
+             "on_nonfinite": args.on_nonfinite, "precision": args.precision,
              "support_size": args.support_size, "support_pos": args.support_pos, "support_neg": args.support_neg,
              "draws": args.draws, "featurizer": args.featurizer}
     file_values = load_yaml(args.config) if args.config else {}

@@ -66,6 +66,8 @@ class RunConfig:
     checkpoint_every: int = 100
     time_limit: float | None = None
     on_nonfinite: str = "stop"         # a non-finite meta-loss or gradient: stop | skip (the meta-batch)
+    precision: str = "float32"         # float32 | bf16: the training step under bfloat16 autocast (weights,
+                                       # optimizer and evaluation stay float32)
     seed: int = 0
     data_root: str | None = None
     # molecules (fsmol, tox21, sider, muv, toxcast): see fewshot/tasks/molecule_sources.py
@@ -132,6 +134,8 @@ class RunConfig:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be stop or skip, got {self.on_nonfinite!r}")
+        if self.precision not in ("float32", "bf16"):
+            raise ValueError(f"precision must be float32 or bf16, got {self.precision!r}")
         if self.dataset == "omniglot" and self.image_size < 16:
             raise ValueError(f"image_size must be >= 16 for the Conv-4 nets (four 2x2 poolings), got {self.image_size}")
         if self.dataset == "sinusoid" and self.algo not in GRADIENT_ALGOS:

@@ -219,3 +219,15 @@ def test_non_finite_gradient_stops_naming_the_step(tmp_path, monkeypatch):
     with pytest.raises(FloatingPointError, match=r"meta-gradient became non-finite .* at step 5.*step 4"):
         trainer.run()
     assert read_checkpoint(run / "checkpoints", "last")[1]["state"]["step"] == 4
+
+
+def test_bf16_precision_autocasts_the_training_step_only(tmp_path):
+    trainer = Trainer(tiny_protonet(steps=2, precision="bf16"), tmp_path / "run", progress=False)
+    first_conv = next(m for m in trainer.learner.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []
+    first_conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    trainer.run()
+    assert torch.bfloat16 in seen and torch.float32 in seen            # training steps, then validation/test
+    assert all(p.dtype == torch.float32 for p in trainer.learner.parameters())
+    with pytest.raises(ValueError, match="precision must be float32 or bf16"):
+        tiny_protonet(precision="fp16")
