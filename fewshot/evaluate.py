@@ -57,7 +57,7 @@ def _ranking_score(metric: str, logits: torch.Tensor, episode: Episode) -> float
     scores = class1_scores(logits)
     if metric == "roc_auc":
         return roc_auc(scores, episode.query_y)
-    return delta_auprc(scores, episode.query_y, episode.support_y)
+    return delta_auprc(scores, episode.query_y)
 
 
 def evaluate(learner: Learner, tasks: Dataset, episodes: int | None = 600, inner_steps: int | None = None,

@@ -51,10 +51,12 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float((steps * precision).sum())
 
 
-def delta_auprc(scores: torch.Tensor, query_labels: torch.Tensor, support_labels: torch.Tensor) -> float:
-    """FS-Mol's ΔAUPRC: the query set's average precision minus the active fraction of the support set
-    (the average precision of a random ranking, estimated from what the learner was shown)."""
-    return average_precision(scores, query_labels) - float(support_labels.double().mean())
+def delta_auprc(scores: torch.Tensor, query_labels: torch.Tensor) -> float:
+    """FS-Mol's ΔAUPRC: the query set's average precision minus its active fraction, the expected
+    average precision of a random ranking (``avg_precision - fraction_pos_test`` in FS-Mol's
+    ``fs_mol/utils/test_utils.py``; the issue's "fraction of the support set" is, under FS-Mol's
+    stratified draws, the same fraction up to rounding)."""
+    return average_precision(scores, query_labels) - float(query_labels.double().mean())
 
 
 def class1_scores(logits: torch.Tensor) -> torch.Tensor:

@@ -241,8 +241,8 @@ def test_metrics_on_known_inputs():
     assert roc_auc(torch.tensor([0.1, 0.9, 0.2, 0.8, 0.7]), labels) == 0.0
     assert roc_auc(torch.zeros(5), labels) == 0.5
     assert average_precision(torch.tensor([0.9, 0.1, 0.2, 0.8, 0.3]), labels) == pytest.approx((1 + 2 / 4) / 2)
-    support = torch.tensor([1, 0, 0, 0])
-    assert delta_auprc(torch.tensor([0.9, 0.1, 0.8, 0.3, 0.2]), labels, support) == pytest.approx(1 - 0.25)
+    assert delta_auprc(torch.tensor([0.9, 0.1, 0.8, 0.3, 0.2]), labels) == pytest.approx(1 - 0.4)   # 2 of 5 active
+    assert delta_auprc(torch.tensor([0.1, 0.9, 0.2, 0.8, 0.7]), labels) == pytest.approx((1 / 4 + 2 / 5) / 2 - 0.4)
     with pytest.raises(ValueError, match="one active and one inactive"):
         roc_auc(torch.ones(3), torch.ones(3))
 
@@ -264,7 +264,8 @@ def test_evaluator_averages_draws_per_task_then_over_tasks(tox21):
     tasks = AssayTasks(tox21.select(["NR-AhR", "SR-MMP", "NR-AR"]), SupportSpec(size=16), draws=4, metric="delta_auprc")
     res = evaluate(_Oracle(), tasks, None)
     assert res.metric == "delta_auprc" and res.tasks == ("NR-AhR", "SR-MMP", "NR-AR") and res.episodes == 12
-    expected = [1 - tasks.support.counts(a)[0] / 16 for a in tasks.assays]    # AP = 1 minus the support fraction
+    # a perfect ranking: AP = 1, minus the active fraction of the query set (the rest of the task)
+    expected = [1 - (a.positives - tasks.support.counts(a)[0]) / (len(a.labels) - 16) for a in tasks.assays]
     assert list(res.values) == pytest.approx(expected)
     assert res.mean == pytest.approx(np.mean(expected))
     assert res.stderr == pytest.approx(np.std(expected, ddof=1) / np.sqrt(3))
