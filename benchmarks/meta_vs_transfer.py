@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from cli_child import run_fewshot
+from results import markdown, measure_all
 
 from fewshot.config import ALGOS, GRADIENT_ALGOS
 
@@ -52,15 +53,6 @@ def benchmark_learner(algo: str, out: Path, budget: float, episodes: int, common
     return row
 
 
-def markdown(rows: list[dict]) -> str:
-    head = "| learner | " + " | ".join(f"{w}w{s}s" for w, s in SETTINGS) + " | training (s) | peak memory (MB) |"
-    lines = [head, "|" + "---|" * (len(SETTINGS) + 3)]
-    for row in rows:
-        cells = [f"{100 * row[f'{w}w{s}s']['mean']:.2f} ± {100 * row[f'{w}w{s}s']['ci95']:.2f}" for w, s in SETTINGS]
-        lines.append(f"| {row['learner']} | " + " | ".join(cells) + f" | {row['train_s']:.0f} | {row['peak_mb']:.0f} |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--learners", nargs="+", choices=IMAGE_ALGOS, default=list(IMAGE_ALGOS),
@@ -71,22 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/meta-vs-transfer", help="directory of the runs and results.jsonl")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    done = {}
-    if results.is_file():
-        done = {r["learner"]: r for r in map(json.loads, results.read_text().splitlines()) if r["budget_s"] == args.budget}
-    for algo in args.learners:
-        if algo in done:
-            print(f"{algo}: already measured in {results}", file=sys.stderr)
-            continue
+    def measure(algo: str) -> dict:
         print(f"{algo}: training for {args.budget:.0f} s, then {len(SETTINGS)} x {args.episodes} test episodes",
               file=sys.stderr, flush=True)
-        done[algo] = benchmark_learner(algo, out, args.budget, args.episodes, ["--threads", str(args.threads)])
-        with open(results, "a") as f:
-            f.write(json.dumps(done[algo]) + "\n")
-    print(markdown([done[a] for a in args.learners]))
+        return benchmark_learner(algo, Path(args.out), args.budget, args.episodes, ["--threads", str(args.threads)])
+
+    done = measure_all(Path(args.out) / "results.jsonl", args.learners, measure,
+                       keep=lambda row: row["budget_s"] == args.budget)
+    columns = [f"{w}w{s}s" for w, s in SETTINGS]
+    print(markdown([done[a] for a in args.learners], columns,
+                   lambda r: f"{100 * r['mean']:.2f} ± {100 * r['ci95']:.2f}"))
     return 0
 
 

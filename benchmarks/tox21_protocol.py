@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from cli_child import run_fewshot
+from results import markdown, measure_all
 
 SUPPORTS = ((10, 10), (5, 10), (1, 10), (1, 5), (1, 1))     # (actives, inactives) of the support sets
 LEARNERS = {
@@ -44,15 +45,6 @@ def benchmark_learner(name: str, out: Path, common: list[str]) -> dict:
     return row
 
 
-def markdown(rows: list[dict]) -> str:
-    head = "| learner | " + " | ".join(f"{p}+/{n}−" for p, n in SUPPORTS) + " | training (s) | peak memory (MB) |"
-    lines = [head, "|" + "---|" * (len(SUPPORTS) + 3)]
-    for row in rows:
-        cells = [f"{row[f'{p}+/{n}-']['mean']:.3f} ± {row[f'{p}+/{n}-']['stderr']:.3f}" for p, n in SUPPORTS]
-        lines.append(f"| {row['learner']} | " + " | ".join(cells) + f" | {row['train_s']:.0f} | {row['peak_mb']:.0f} |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", required=True, help="directory holding tox21/tox21.csv")
@@ -61,20 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/tox21-protocol", help="directory of the runs and results.jsonl")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    done = {r["learner"]: r for r in map(json.loads, results.read_text().splitlines())} if results.is_file() else {}
     common = ["--data-root", args.data_root, "--threads", str(args.threads)]
-    for name in args.learners:
-        if name in done:
-            print(f"{name}: already measured in {results}", file=sys.stderr)
-            continue
+
+    def measure(name: str) -> dict:
         print(f"{name}: training, then {len(SUPPORTS)} support settings", file=sys.stderr, flush=True)
-        done[name] = benchmark_learner(name, out, common)
-        with open(results, "a") as f:
-            f.write(json.dumps(done[name]) + "\n")
-    print(markdown([done[n] for n in args.learners]))
+        return benchmark_learner(name, Path(args.out), common)
+
+    done = measure_all(Path(args.out) / "results.jsonl", args.learners, measure)
+    columns = [f"{p}+/{n}-" for p, n in SUPPORTS]
+    print(markdown([done[n] for n in args.learners], columns, lambda r: f"{r['mean']:.3f} ± {r['stderr']:.3f}"))
     return 0
 
 
