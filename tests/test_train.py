@@ -231,3 +231,22 @@ def test_bf16_precision_autocasts_the_training_step_only(tmp_path):
     assert all(p.dtype == torch.float32 for p in trainer.learner.parameters())
     with pytest.raises(ValueError, match="precision must be float32 or bf16"):
         tiny_protonet(precision="fp16")
+
+
+def test_resume_restores_the_random_stream_that_training_draws_from(tmp_path, monkeypatch):
+    """A training step that draws from torch's global RNG (as dropout or random augmentation would):
+    the resumed run matches the uninterrupted one only if the checkpoint's RNG state is restored."""
+    from fewshot.learners import GradientLearner
+
+    real_loss = GradientLearner.episode_loss
+
+    def noisy_loss(self, episode):
+        loss, m = real_loss(self, episode)
+        return loss * (1 + torch.rand(())), m
+    monkeypatch.setattr(GradientLearner, "episode_loss", noisy_loss)
+    full, split = tmp_path / "full", tmp_path / "split"
+    straight = train(tiny_sinusoid(steps=6), full)
+    train(tiny_sinusoid(steps=3), split)
+    torch.rand(100)                                   # the interrupted process's stream moves on
+    resumed = train(run_config(split, {}, {"steps": 6}), split)
+    assert_params_identical(params(resumed.learner), params(straight.learner))
