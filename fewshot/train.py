@@ -237,8 +237,7 @@ class Trainer:
         batch = stack_episodes([self.train_tasks[first + t] for t in mine])
         self.optimizer.zero_grad(set_to_none=True)
         params = list(self.learner.parameters())
-        device = params[0].device.type if params else "cpu"
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with torch.autocast(params[0].device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             metrics = self.learner.meta_backward(batch, total_tasks=cfg.meta_batch)
         metrics = self.ranks.reduce_step(params, metrics, len(mine), cfg.meta_batch)
         pause_point("train-step")

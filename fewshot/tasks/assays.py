@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from fewshot.datasets.molecules import Assay, AssayData
 from fewshot.tasks.episode import Episode
+from fewshot.tasks.pretrain import epoch_batch
 from fewshot.tasks.seeding import generator
 
 METRICS = ("delta_auprc", "roc_auc")
@@ -164,7 +165,7 @@ class AssayPretrainBatches(Dataset):
     for a measurement in task ``t`` (``2 * len(data.assays)`` classes: which assay, and whether active in it).
 
     Batch ``i`` is slice ``i mod E`` of epoch ``i // E``'s permutation of the measurements, drawn from
-    ``(seed, epoch)``, as in :class:`~fewshot.tasks.pretrain.PretrainBatches`.
+    ``(seed, epoch)`` (:func:`~fewshot.tasks.pretrain.epoch_batch`, as for images).
     """
 
     def __init__(self, data: AssayData, batch_size: int, seed: int = 0):
@@ -176,14 +177,11 @@ class AssayPretrainBatches(Dataset):
             raise ValueError(f"batch_size must be an integer in 1..{len(self.molecules)}, got {batch_size!r}")
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.num_classes = 2 * len(data.assays)
-        self.per_epoch = len(self.molecules) // batch_size
 
     def __len__(self) -> int:
         return 10**9
 
     def __getitem__(self, index: int) -> Episode:
-        epoch, position = divmod(index, self.per_epoch)
-        order = torch.randperm(len(self.molecules), generator=generator(self.seed, epoch))
-        idx = order[position * self.batch_size:(position + 1) * self.batch_size]
+        idx = epoch_batch(len(self.molecules), self.batch_size, self.seed, index)
         x, y = self.data.features.rows(self.molecules[idx]), self.classes[idx]
         return Episode(x, y, x[:0], y[:0])

@@ -44,7 +44,8 @@ def _load(dataset: str, root: str, spec: FeaturizerSpec, split: str | None) -> A
 
 
 def assays(config: RunConfig, split: str | None = None, root: str | None = None) -> AssayData:
-    """The featurized assays of the run's dataset (FS-Mol: of ``split``), loaded once per process."""
+    """The featurized assays of the run's dataset (FS-Mol: of ``split``; the tables ignore it), loaded once
+    per process."""
     return _load(config.dataset, data_root(config, root), featurizer(config), split if config.dataset == "fsmol" else None)
 
 
@@ -74,8 +75,7 @@ def fill_in(config: RunConfig) -> RunConfig:
     """Settings a new molecule run derives from its data: test tasks, input width, the fine-tune head's classes."""
     if config.dataset != "fsmol" and not config.test_tasks:
         config.test_tasks = read_dataset(config.dataset, data_root(config)).task_names[-TEST_TASK_COUNT[config.dataset]:]
-    train_split = "train" if config.dataset == "fsmol" else None
-    data = assays(config, train_split)
+    data = assays(config, "train")
     if config.net == "fp-mlp":
         config.input_dim = data.features.width_out
     if config.algo == "finetune" and config.pretrain_classes is None:
@@ -86,8 +86,7 @@ def fill_in(config: RunConfig) -> RunConfig:
 def train_tasks(config: RunConfig):
     """Training episodes (support as configured, ``queries`` stratified query molecules) or, for the fine-tune
     baseline, supervised minibatches over the training tasks."""
-    split = "train" if config.dataset == "fsmol" else None
-    data = assays(config, split).select(_parts(config)["train"])
+    data = assays(config, "train").select(_parts(config)["train"])
     seed = derive_seed(config.seed, 0)
     if config.algo == "finetune":
         return AssayPretrainBatches(data, config.batch_size, seed=seed)
@@ -96,10 +95,9 @@ def train_tasks(config: RunConfig):
 
 def val_tasks(config: RunConfig) -> AssayTasks:
     """Validation episodes: the held-out training tasks, the rest of each as query, about ``val_episodes`` in all."""
-    split = "train" if config.dataset == "fsmol" else None
     names = _parts(config)["val"]
     draws = max(1, config.val_episodes // len(names))
-    return AssayTasks(assays(config, split).select(names), config.support_spec(), draws=draws,
+    return AssayTasks(assays(config, "train").select(names), config.support_spec(), draws=draws,
                       seed=derive_seed(config.seed, 1), metric=metric(config))
 
 

@@ -10,6 +10,14 @@ from fewshot.tasks.episode import Episode
 from fewshot.tasks.seeding import generator
 
 
+def epoch_batch(total: int, batch_size: int, seed: int, index: int) -> torch.Tensor:
+    """Positions ``[batch_size]`` of batch ``index`` among ``total`` examples: slice ``index mod E`` of epoch
+    ``index // E``'s permutation (``E = total // batch_size``, the remainder dropped), drawn from ``(seed, epoch)``."""
+    epoch, position = divmod(index, total // batch_size)
+    order = torch.randperm(total, generator=generator(seed, epoch))
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
 class PretrainBatches(Dataset):
     """Shuffled minibatches of ``data`` as episodes: item ``i`` is ``Episode(x [B, ...], y [B], x[:0], y[:0])``
     with ``y`` the class ids of ``data`` (``0..data.num_classes-1``: pass ``data.num_classes`` as
@@ -28,7 +36,6 @@ class PretrainBatches(Dataset):
         if not isinstance(num_batches, int) or num_batches < 1:
             raise ValueError(f"num_batches must be an integer >= 1, got {num_batches!r}")
         self.data, self.batch_size, self.seed, self.num_batches = data, batch_size, seed, num_batches
-        self.per_epoch = len(data) // batch_size
 
     def __len__(self) -> int:
         return self.num_batches
@@ -36,9 +43,7 @@ class PretrainBatches(Dataset):
     def __getitem__(self, index: int) -> Episode:
         if not 0 <= index < self.num_batches:
             raise IndexError(f"batch {index} out of range 0..{self.num_batches - 1}")
-        epoch, position = divmod(index, self.per_epoch)
-        order = torch.randperm(len(self.data), generator=generator(self.seed, epoch))
-        idx = order[position * self.batch_size:(position + 1) * self.batch_size]
+        idx = epoch_batch(len(self.data), self.batch_size, self.seed, index)
         x = self.data.x[idx]
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
         y = self.data.y[idx]
