@@ -65,6 +65,7 @@ class RunConfig:
     log_every: int = 10
     checkpoint_every: int = 100
     time_limit: float | None = None
+    grad_clip: float | None = None     # clip the meta-gradient's global L2 norm to this before each update
     on_nonfinite: str = "stop"         # a non-finite meta-loss or gradient: stop | skip (the meta-batch)
     precision: str = "float32"         # float32 | bf16: the training step under bfloat16 autocast (weights,
                                        # optimizer and evaluation stay float32)
@@ -78,6 +79,8 @@ class RunConfig:
     support_size: int = 16             # stratified support set (FS-Mol) ...
     support_pos: int | None = None     # ... or exactly this many actives
     support_neg: int | None = None     # ... and inactives (the Tox21 protocol)
+    ragged_queries: bool = False       # training queries are "up to queries": a smaller task uses all the
+                                       # molecules its support leaves (FS-Mol's sampler); meta-batches are ragged
     draws: int = 10                    # evaluation episodes per task (FS-Mol 10, Tox21 protocol 20)
     hidden: int = 1024                 # fp-mlp hidden width / graph atom state width
     embedding_dim: int = 512
@@ -128,6 +131,13 @@ class RunConfig:
         for name in ("inner_lr", "lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}; pass a positive learning rate")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"grad_clip must be a finite number > 0 (or left out), got {self.grad_clip}")
+        if self.ragged_queries and self.dataset not in MOLECULE_DATASETS:
+            raise ValueError(f"ragged_queries applies to molecule datasets, not {self.dataset}; drop it")
+        if self.ragged_queries and self.vectorize:
+            raise ValueError("ragged_queries makes meta-batches of unequal episodes, which vectorize (vmap) cannot "
+                             "take: set vectorize: false")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit must be > 0 seconds, got {self.time_limit}")
         if self.seed < 0:

@@ -252,6 +252,8 @@ class Trainer:
                     if self._saved_step is not None else "no checkpoint had been written yet")
             raise FloatingPointError(f"{problem} at step {self.step + 1}; training stopped and {kept}; lower --lr "
                                      "or --inner-lr and train again, or resume with --on-nonfinite skip")
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         self.optimizer.step()
         return metrics
 

@@ -89,6 +89,8 @@ CASES = [
     Case("config-on-nonfinite", "an unknown non-finite policy", "train --config {d}/on-nonfinite.yaml"),
     Case("config-precision", "an unknown training precision", "train --config {d}/precision.yaml"),
     Case("config-distance", "a distance the learner does not have", "train --config {d}/distance.yaml"),
+    Case("config-grad-clip", "a gradient clip that is not positive", "train --config {d}/grad-clip.yaml"),
+    Case("config-ragged-images", "ragged query sets on images", "train --config {d}/ragged.yaml"),
     Case("config-pretrain-classes", "a fine-tune head of the wrong size",
          "train --config {d}/pretrain.yaml --out {d}/r"),
     # -- run directories and checkpoints -------------------------------------------------------------------
@@ -154,7 +156,8 @@ def d(tmp_path_factory) -> Path:
                "unknown-key": "meta_batchsize: 4\n", "wrong-type": "ways: five\n", "lr-text": "lr: 1e-3\n",
                "seed": "seed: -1\n", "image-size": "image_size: 8\n", "holdout": "holdout_val: -1\n",
                "on-nonfinite": "on_nonfinite: ignore\n", "precision": "precision: fp16\n",
-               "distance": "algo: protonet\ndistance: cosine\n", "pretrain": "algo: finetune\npretrain_classes: 5\n"}
+               "distance": "algo: protonet\ndistance: cosine\n", "pretrain": "algo: finetune\npretrain_classes: 5\n",
+               "grad-clip": "grad_clip: 0\n", "ragged": "ragged_queries: true\n"}
     for name, text in configs.items():
         (d / f"{name}.yaml").write_text(text)
     (d / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01")

@@ -65,6 +65,7 @@ LEARNERS = {
     "finetune": dict(batch_size=64, inner_steps=30, inner_lr=0.05),
     "forest": dict(trees=30, fp_counts=False),
     "protonet-graph": dict(algo="protonet", net="graph", featurizer="graph", hidden=32, graph_layers=2),
+    "protonet-ragged": dict(algo="protonet", queries=200, ragged_queries=True, grad_clip=1.0),   # FS-Mol's recipe
 }
 
 

@@ -28,6 +28,7 @@ from fewshot.learners.base import Learner  # noqa: E402
 from fewshot.metrics import average_precision, delta_auprc, roc_auc  # noqa: E402
 from fewshot.nets.molecules import FingerprintMLP, GraphNet, unpack_graphs  # noqa: E402
 from fewshot.tasks.assays import AssayTasks, SupportSpec, stratified  # noqa: E402
+from fewshot.tasks.episode import RaggedTaskBatch, TaskBatch, stack_episodes  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "data" / "molecules"
 ECFP = FeaturizerSpec("ecfp", radius=2, size=256)
@@ -210,6 +211,31 @@ def test_training_stream_has_fixed_shapes_and_stratified_queries(tox21):
     shapes = {tuple(tasks[i].query_x.shape) for i in range(20)}
     assert shapes == {(10, 256)}
     assert {tasks.episode_task(i) for i in range(40)} <= {"NR-AhR", "SR-MMP", "NR-AR"}
+
+
+def test_ragged_queries_take_up_to_the_bound_stratified_and_disjoint_from_the_support(tox21):
+    names = ["NR-AhR", "SR-MMP", "NR-AR"]
+    tasks = AssayTasks(tox21.select(names), SupportSpec(positives=2, negatives=3), queries=300, seed=0, ragged=True)
+    sizes = {}
+    for i in range(40):
+        assay, s, q = tasks.draw(i)
+        assert not set(s.tolist()) & set(q.tolist())
+        rest = len(assay.labels) - 5
+        assert len(q) == min(rest, 300)
+        q_pos = int(assay.labels[q].sum())
+        if rest > 300:                                  # capped: stratified like the task, up to rounding
+            assert abs(q_pos - 300 * assay.positives / len(assay.labels)) <= 1
+        assert 1 <= q_pos < len(q)
+        sizes[assay.name] = len(q)
+    assert len(set(sizes.values())) > 1                # the fixture's tasks differ in size: a ragged stream
+    batch = stack_episodes([tasks[i] for i in range(8)])
+    assert isinstance(batch, RaggedTaskBatch) and batch.num_tasks == 8
+    assert [e.query_x.shape[0] for e in batch] == [tasks[i].query_x.shape[0] for i in range(8)]
+    assert batch.split(2, 1)[0].query_x.shape == tasks[4].query_x.shape
+    fixed = AssayTasks(tox21.select(names), SupportSpec(positives=2, negatives=3), queries=10, seed=0)
+    assert isinstance(stack_episodes([fixed[i] for i in range(4)]), TaskBatch)
+    with pytest.raises(ValueError, match="upper bound"):
+        AssayTasks(tox21.select(names), SupportSpec(positives=2, negatives=3), draws=1, ragged=True)
 
 
 def test_tasks_too_small_are_skipped_by_name(tox21):

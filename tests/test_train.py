@@ -250,3 +250,19 @@ def test_resume_restores_the_random_stream_that_training_draws_from(tmp_path, mo
     torch.rand(100)                                   # the interrupted process's stream moves on
     resumed = train(run_config(split, {}, {"steps": 6}), split)
     assert_params_identical(params(resumed.learner), params(straight.learner))
+
+
+def test_grad_clip_bounds_the_meta_gradient_norm_of_every_update(tmp_path):
+    trainer = Trainer(tiny_protonet(steps=3, grad_clip=0.01), tmp_path / "run", progress=False)
+    norms, step = [], trainer.optimizer.step
+
+    def record_then_step(*args, **kwargs):
+        grads = [p.grad for p in trainer.learner.parameters() if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = record_then_step
+    trainer.run()
+    assert len(norms) == 3 and all(n == pytest.approx(0.01, rel=1e-4) for n in norms)   # untrained: norm >> 0.01
+    with pytest.raises(ValueError, match="grad_clip must be a finite number > 0"):
+        tiny_protonet(grad_clip=0.0)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fewshot.tasks.episode import Episode, TaskBatch
+from fewshot.tasks.episode import Episode, RaggedTaskBatch, TaskBatch
 
 Task = Literal["classification", "regression"]
 
@@ -63,7 +63,7 @@ class Learner(nn.Module):
         loss = task_loss(outputs, episode.query_y, self.task)
         return loss, {"loss": float(loss.detach()), metric_name(self.task): task_metric(outputs, episode.query_y, self.task)}
 
-    def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: TaskBatch | RaggedTaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean query loss over the task batch (differentiable) and mean metrics."""
         losses, metrics = [], []
         for episode in batch:
@@ -72,7 +72,7 @@ class Learner(nn.Module):
             metrics.append(m)
         return torch.stack(losses).mean(), mean_metrics(metrics)
 
-    def meta_backward(self, batch: TaskBatch, total_tasks: int | None = None) -> dict[str, float]:
+    def meta_backward(self, batch: TaskBatch | RaggedTaskBatch, total_tasks: int | None = None) -> dict[str, float]:
         """Accumulate the gradient of :meth:`meta_loss` into ``.grad``, one task at a time.
 
         ``total_tasks``: when ``batch`` is one process's share of a larger meta-batch, that

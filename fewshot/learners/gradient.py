@@ -23,7 +23,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.checkpoint import checkpoint
 
 from fewshot.learners.base import Learner, Task, mean_metrics, metric_name, task_loss, task_metric
-from fewshot.tasks.episode import Episode, TaskBatch
+from fewshot.tasks.episode import Episode, RaggedTaskBatch, TaskBatch
 
 Params = dict[str, torch.Tensor]
 
@@ -168,16 +168,19 @@ class GradientLearner(Learner):
                                       episode.query_x)
         return self._loss_and_metrics(outputs, episode.query_y)
 
-    def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: TaskBatch | RaggedTaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
         if not self.vectorize:
             return super().meta_loss(batch)
+        if isinstance(batch, RaggedTaskBatch):
+            raise ValueError("vectorize (vmap over tasks) needs episodes of equal sizes; this meta-batch's sizes differ "
+                             "(ragged_queries): set vectorize: false")
         params = dict(self.model.named_parameters())
         outputs = vmap(lambda sx, sy, qx: self._query_outputs(params, sx, sy, qx), randomness="error")(
             batch.support_x, batch.support_y, batch.query_x)                      # [T, steps, N*Q, d]
         losses, metrics = zip(*(self._loss_and_metrics(o, y) for o, y in zip(outputs, batch.query_y)))
         return torch.stack(losses).mean(), mean_metrics(list(metrics))
 
-    def meta_backward(self, batch: TaskBatch, total_tasks: int | None = None) -> dict[str, float]:
+    def meta_backward(self, batch: TaskBatch | RaggedTaskBatch, total_tasks: int | None = None) -> dict[str, float]:
         if not self.vectorize:
             return super().meta_backward(batch, total_tasks)
         loss, metrics = self.meta_loss(batch)
@@ -194,10 +197,10 @@ class Reptile(GradientLearner):
     def __init__(self, model: nn.Module, inner_lr: float, inner_steps: int, task: Task = "classification"):
         super().__init__(model, inner_lr, inner_steps, first_order=True, task=task)
 
-    def meta_loss(self, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: TaskBatch | RaggedTaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError("Reptile has no differentiable meta-loss; use meta_backward")
 
-    def meta_backward(self, batch: TaskBatch, total_tasks: int | None = None) -> dict[str, float]:
+    def meta_backward(self, batch: TaskBatch | RaggedTaskBatch, total_tasks: int | None = None) -> dict[str, float]:
         total = total_tasks or batch.num_tasks
         params = dict(self.model.named_parameters())
         metrics = []

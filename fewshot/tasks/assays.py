@@ -6,8 +6,9 @@ explicit counts (the Tox21 protocol of Altae-Tran et al. 2017: 10+/10-, 5+/10-, 
 1+/1-) or a total size stratified by the task's active fraction (FS-Mol: the positives are
 ``round(size * active fraction)``, kept within ``1..size-1``, as sklearn's ``StratifiedShuffleSplit``
 that FS-Mol uses allocates them up to rounding). The query set is the rest of the task
-(evaluation) or a fixed number of molecules stratified the same way (training: a meta-batch
-needs equal shapes).
+(evaluation), a fixed number of molecules stratified the same way (training, equal shapes), or
+-- ``ragged`` -- up to that number: a task with fewer molecules left after its support set uses
+them all (FS-Mol's training sampler, whose tasks are mostly smaller than its 256 queries).
 
 Every episode is a function of ``(seed, index)`` only (:func:`~fewshot.tasks.seeding.generator`).
 """
@@ -74,6 +75,8 @@ class AssayTasks(Dataset):
         support: the support set's composition.
         queries: ``None``: the rest of the task is the query set (needs ``draws``); an integer:
             that many query molecules, stratified like the support set.
+        ragged: ``queries`` is an upper bound: a task whose support set leaves no more than ``queries``
+            molecules uses all of them as query (episodes then differ in size).
         draws: a finite source of ``draws`` episodes per task, episode ``i`` from task
             ``i // draws`` (evaluation: FS-Mol draws 10 per task, the Tox21 protocol 20);
             ``None``: an endless training stream whose episode ``i`` draws its task uniformly.
@@ -87,7 +90,7 @@ class AssayTasks(Dataset):
     kind = "assay"
 
     def __init__(self, data: AssayData, support: SupportSpec, queries: int | None = None, draws: int | None = None,
-                 seed: int = 0, metric: str = "delta_auprc"):
+                 seed: int = 0, metric: str = "delta_auprc", ragged: bool = False):
         if data.features is None:
             raise ValueError("AssayTasks needs featurized assays: load them with fewshot.datasets.molecules.load_assays")
         if metric not in METRICS:
@@ -98,8 +101,10 @@ class AssayTasks(Dataset):
             raise ValueError(f"queries must be an integer >= 2 (one active and one inactive), got {queries!r}")
         if draws is not None and not (isinstance(draws, int) and draws >= 1):
             raise ValueError(f"draws must be an integer >= 1, got {draws!r}")
-        self.data, self.support, self.queries, self.draws, self.seed, self.metric = \
-            data, support, queries, draws, seed, metric
+        if ragged and queries is None:
+            raise ValueError("ragged query sets need an upper bound: give queries")
+        self.data, self.support, self.queries, self.draws, self.seed, self.metric, self.ragged = \
+            data, support, queries, draws, seed, metric, ragged
         self.assays: list[Assay] = []
         self.skipped: list[str] = []
         for a in data.assays:
@@ -117,9 +122,14 @@ class AssayTasks(Dataset):
     def _query_counts(self, assay: Assay) -> tuple[int, int]:
         """``(positives, negatives)`` of the query set (the rest of the task when ``queries`` is None)."""
         s_pos, s_neg = self.support.counts(assay)
-        if self.queries is None:
-            return assay.positives - s_pos, assay.negatives - s_neg
-        return stratified(self.queries, assay.positives, len(assay.labels))
+        rest_pos, rest_neg = assay.positives - s_pos, assay.negatives - s_neg
+        if self.queries is None or (self.ragged and rest_pos + rest_neg <= self.queries):
+            return rest_pos, rest_neg
+        q_pos, q_neg = stratified(self.queries, assay.positives, len(assay.labels))
+        if self.ragged:   # stratified up to rounding, within what the support set leaves
+            q_pos = min(max(q_pos, self.queries - rest_neg), rest_pos)
+            q_neg = self.queries - q_pos
+        return q_pos, q_neg
 
     def _fits(self, assay: Assay) -> bool:
         (s_pos, s_neg), (q_pos, q_neg) = self.support.counts(assay), self._query_counts(assay)

@@ -2,7 +2,9 @@
 
 An episode is one few-shot task: a support set to adapt on and a query set to be
 scored on. A task batch stacks ``T`` episodes of identical shapes on a leading task
-axis, so learners can process a meta-batch in one call.
+axis, so learners can process a meta-batch in one call; episodes whose sizes differ
+(FS-Mol's training tasks, whose query sets are "up to Q molecules") travel as a
+:class:`RaggedTaskBatch`, which learners that go task by task consume the same way.
 """
 
 from __future__ import annotations
@@ -70,8 +72,40 @@ class TaskBatch:
         return TaskBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
-def stack_episodes(episodes: Sequence[Episode]) -> TaskBatch:
-    """Stack episodes of identical shapes into a :class:`TaskBatch` (a ``DataLoader`` ``collate_fn``)."""
+@dataclass(frozen=True)
+class RaggedTaskBatch:
+    """``T`` episodes whose support or query sizes differ, kept as a tuple: the task-by-task interface of
+    :class:`TaskBatch` (``num_tasks``, indexing, iteration, ``split``, ``to``) without the stacked tensors."""
+
+    episodes: tuple[Episode, ...]
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.episodes)
+
+    def __getitem__(self, t: int) -> Episode:
+        return self.episodes[t]
+
+    def __iter__(self):
+        return iter(self.episodes)
+
+    def split(self, parts: int, index: int) -> "RaggedTaskBatch":
+        """The ``index``-th of ``parts`` contiguous slices of the tasks."""
+        per = self.num_tasks // parts
+        if per * parts != self.num_tasks:
+            raise ValueError(f"cannot split {self.num_tasks} tasks into {parts} equal parts")
+        return RaggedTaskBatch(self.episodes[index * per:(index + 1) * per])
+
+    def to(self, device: torch.device | str) -> "RaggedTaskBatch":
+        return RaggedTaskBatch(tuple(e.to(device) for e in self.episodes))
+
+
+def stack_episodes(episodes: Sequence[Episode]) -> TaskBatch | RaggedTaskBatch:
+    """Stack episodes into a :class:`TaskBatch` (a ``DataLoader`` ``collate_fn``); episodes whose shapes differ
+    become a :class:`RaggedTaskBatch`."""
     if not episodes:
         raise ValueError("cannot stack an empty list of episodes")
-    return TaskBatch(*(torch.stack([getattr(e, f.name) for e in episodes]) for f in fields(Episode)))
+    columns = [[getattr(e, f.name) for e in episodes] for f in fields(Episode)]
+    if any(len({t.shape for t in column}) > 1 for column in columns):
+        return RaggedTaskBatch(tuple(episodes))
+    return TaskBatch(*(torch.stack(column) for column in columns))

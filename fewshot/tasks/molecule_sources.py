@@ -84,13 +84,14 @@ def fill_in(config: RunConfig) -> RunConfig:
 
 
 def train_tasks(config: RunConfig):
-    """Training episodes (support as configured, ``queries`` stratified query molecules) or, for the fine-tune
-    baseline, supervised minibatches over the training tasks."""
+    """Training episodes (support as configured; ``queries`` stratified query molecules, or up to that many
+    with ``ragged_queries``) or, for the fine-tune baseline, supervised minibatches over the training tasks."""
     data = assays(config, "train").select(_parts(config)["train"])
     seed = derive_seed(config.seed, 0)
     if config.algo == "finetune":
         return AssayPretrainBatches(data, config.batch_size, seed=seed)
-    return AssayTasks(data, config.support_spec(), queries=config.queries, seed=seed, metric=metric(config))
+    return AssayTasks(data, config.support_spec(), queries=config.queries, seed=seed, metric=metric(config),
+                      ragged=config.ragged_queries)
 
 
 def val_tasks(config: RunConfig) -> AssayTasks:
