@@ -142,6 +142,33 @@ def test_descriptors_are_standardised_and_finite(tmp_path):
     torch.testing.assert_close(desc[:, varying].mean(0), torch.zeros(int(varying.sum())), atol=1e-5, rtol=0)
 
 
+def test_descriptors_can_be_scaled_with_another_sets_statistics(tmp_path):
+    spec = FeaturizerSpec("ecfp+desc", size=32)
+    reference = ["CCO", "c1ccccc1", "CC(=O)Nc1ccc(O)cc1", "CCCCCCCCCCCCCCCC", "O=C(O)c1ccccc1O", "CCN(CC)CC"]
+    other = ["CC(C)Cc1ccc(C(C)C(=O)O)cc1", "Clc1ccccc1Cl", "OCC(O)CO"]
+    ref = featurize(reference, spec, "ref", cache_dir=tmp_path)
+    scaled = featurize(other, spec, "other", cache_dir=tmp_path, scale=ref.scale)
+    chem, functions = featurize_module.require_rdkit(), featurize_module.descriptor_functions()
+    r, o = ([[f(chem.MolFromSmiles(m)) for _, f in functions] for m in smi] for smi in (reference, other))
+    r, o = np.array(r, dtype=np.float64), np.array(o, dtype=np.float64)    # computed here, not by the featurizer
+    std = r.std(0)
+    expected = np.clip((o - r.mean(0)) / np.where(std > 1e-12, std, 1.0), -10, 10)
+    np.testing.assert_allclose(scaled.features.rows(torch.arange(3))[:, 32:].numpy(), expected, atol=2e-4, rtol=1e-4)
+    own = featurize(other, spec, "other", cache_dir=tmp_path)       # the same cache file, its own statistics
+    assert not torch.allclose(own.features.rows(torch.arange(3)), scaled.features.rows(torch.arange(3)))
+
+
+def test_fsmol_valid_descriptors_are_scaled_with_the_training_files_statistics(tmp_path):
+    spec = FeaturizerSpec("ecfp+desc", size=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                               # the fixture's absent task, recovered SMILES
+        train = featurize(read_dataset("fsmol", FIXTURES, "train").smiles, spec, "t", cache_dir=tmp_path)
+        valid = load_assays("fsmol", FIXTURES, spec, "valid", cache_dir=tmp_path)
+    expected = featurize(valid.smiles, spec, "v", cache_dir=tmp_path, scale=train.scale)
+    idx = torch.arange(len(valid.smiles))
+    assert torch.equal(valid.features.rows(idx), expected.features.rows(idx))
+
+
 def test_missing_rdkit_names_the_extra(tmp_path, monkeypatch):
     real_import = builtins.__import__
 

@@ -4,9 +4,11 @@ A :class:`FeaturizerSpec` names what to compute:
 
 - ``ecfp``: Morgan/ECFP fingerprints folded to ``size`` bits at ``radius``; counts
   (log1p-scaled when an episode is drawn) or, with ``counts=False``, bits.
-- ``ecfp+desc``: the fingerprint followed by the RDKit 2D descriptors of :func:`descriptor_functions`, RDKit 2D descriptors
-  standardised over the molecules of the file (label-free statistics; NaN and inf become
-  0 after standardising, values are clipped to +-10 standard deviations).
+- ``ecfp+desc``: the fingerprint followed by the RDKit 2D descriptors of :func:`descriptor_functions`,
+  standardised with the mean and standard deviation of a reference set (label-free statistics): by default
+  the molecules being featurized; for FS-Mol's valid and test files, its training file, so that every split
+  is scaled alike. NaN and inf become 0 after standardising, values are clipped to +-10 standard deviations.
+  The cache holds the raw descriptors.
 - ``graph``: a molecular graph per molecule (categorical atom and bond features, a
   directed bond index), packed into one integer row by :meth:`GraphFeatures.rows`.
 
@@ -48,7 +50,7 @@ from tqdm import tqdm
 from fewshot.files import atomic_write, cache_root
 
 KINDS = ("ecfp", "ecfp+desc", "graph")
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2      # 2: raw descriptors (standardised when read)
 
 #: RDKit descriptors left out for speed (see the module docstring); the rest are ``descriptor_functions()``.
 SLOW_DESCRIPTORS = frozenset({
@@ -207,6 +209,7 @@ class Featurized:
     features: object
     invalid: tuple[int, ...]
     recovered: tuple[int, ...]
+    scale: tuple[np.ndarray, np.ndarray] | None = None   # ecfp+desc: the descriptors' (mean, std) [F] each
 
 
 # -- parsing --------------------------------------------------------------------------------------
@@ -295,7 +298,8 @@ def _compute(smiles: Sequence[str], spec: FeaturizerSpec, desc: str) -> dict[str
     arrays.update(indptr=np.array(indptr, dtype=np.int64), indices=np.array(indices, dtype=np.int16),
                   values=np.array(values, dtype=np.uint8))
     if descriptors:
-        arrays["descriptors"] = standardise(np.array(desc_rows, dtype=np.float64), status != 2)
+        raw = np.array(desc_rows, dtype=np.float64)
+        arrays["descriptors"] = np.clip(np.where(np.isfinite(raw), raw, np.nan), -1e12, 1e12).astype(np.float32)
     return arrays
 
 
@@ -306,18 +310,21 @@ def _safe(function, mol) -> float:
         return float("nan")
 
 
-def standardise(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Column-standardise ``x [M, F]`` with the mean and std of the finite entries of ``rows``; non-finite
-    entries become 0 (the mean), results are clipped to +-10; float32."""
-    x = np.where(np.isfinite(x), x, np.nan)
-    x = np.clip(x, -1e12, 1e12)
-    ref = x[rows]
+def descriptor_scale(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, std)`` ``[F]`` of the finite entries of ``x[rows]`` (``x [M, F]`` raw descriptors, NaN = missing);
+    a column without spread gets std 1."""
+    ref = x[rows].astype(np.float64)
     with np.errstate(all="ignore"):
         mean = np.nanmean(ref, axis=0) if len(ref) else np.zeros(x.shape[1])
         std = np.nanstd(ref, axis=0) if len(ref) else np.ones(x.shape[1])
     mean = np.nan_to_num(mean)
-    std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
-    z = np.nan_to_num((x - mean) / std, nan=0.0)
+    return mean, np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+
+
+def standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(x - mean) / std`` column-wise (``x [M, F]``); missing (NaN) entries become 0, results are clipped to
+    +-10; float32."""
+    z = np.nan_to_num((x.astype(np.float64) - mean) / std, nan=0.0)
     return np.clip(z, -10, 10).astype(np.float32)
 
 
@@ -341,7 +348,8 @@ def cache_path(smiles: Sequence[str], spec: FeaturizerSpec, name: str, cache_dir
 
 
 def featurize(smiles: Sequence[str], spec: FeaturizerSpec, name: str = "molecules",
-              cache_dir: str | Path | None = None) -> Featurized:
+              cache_dir: str | Path | None = None,
+              scale: tuple[np.ndarray, np.ndarray] | None = None) -> Featurized:
     """Features of ``smiles`` (``M`` strings), from the cache when present.
 
     Args:
@@ -349,6 +357,8 @@ def featurize(smiles: Sequence[str], spec: FeaturizerSpec, name: str = "molecule
         spec: what to compute.
         name: a label for the cache file and the progress bar (e.g. ``"fsmol-train"``).
         cache_dir: ``None``: ``$FEWSHOT_CACHE``, else ``~/.cache/fewshot``.
+        scale: ``ecfp+desc``: the ``(mean, std)`` to standardise the descriptors with (another set's
+            :attr:`Featurized.scale`); ``None``: these molecules' own.
     """
     path = cache_path(smiles, spec, name, cache_dir)
     arrays = _read(path)
@@ -359,7 +369,7 @@ def featurize(smiles: Sequence[str], spec: FeaturizerSpec, name: str = "molecule
         except OSError as err:
             import warnings
             warnings.warn(f"cannot write the feature cache {path} ({err}); set FEWSHOT_CACHE", stacklevel=2)
-    return _assemble(arrays, spec)
+    return _assemble(arrays, spec, scale)
 
 
 def _read(path: Path) -> dict[str, np.ndarray] | None:
@@ -373,7 +383,8 @@ def _read(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-def _assemble(arrays: dict[str, np.ndarray], spec: FeaturizerSpec) -> Featurized:
+def _assemble(arrays: dict[str, np.ndarray], spec: FeaturizerSpec,
+              scale: tuple[np.ndarray, np.ndarray] | None) -> Featurized:
     t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
     status = arrays["status"]
     invalid = tuple(np.nonzero(status == 2)[0].tolist())
@@ -383,5 +394,7 @@ def _assemble(arrays: dict[str, np.ndarray], spec: FeaturizerSpec) -> Featurized
     else:
         features = SparseCounts(t["indptr"], t["indices"].long(), t["values"].float(), spec.size, spec.counts)
         if spec.kind == "ecfp+desc":
-            features = ConcatFeatures((features, DenseFeatures(t["descriptors"])))
-    return Featurized(features, invalid, recovered)
+            scale = scale or descriptor_scale(arrays["descriptors"], status != 2)
+            desc = torch.from_numpy(standardise(arrays["descriptors"], *scale))
+            features = ConcatFeatures((features, DenseFeatures(desc)))
+    return Featurized(features, invalid, recovered, scale)

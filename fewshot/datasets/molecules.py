@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from fewshot.datasets.featurize import FeaturizerSpec, featurize
@@ -204,15 +205,24 @@ def read_dataset(dataset: str, data_root: str | Path, split: str | None = None) 
 
 def load_assays(dataset: str, data_root: str | Path, spec: FeaturizerSpec, split: str | None = None,
                 cache_dir: str | Path | None = None) -> AssayData:
-    """Read ``dataset``, featurize its molecules (cached) and drop those RDKit cannot read, with warnings."""
+    """Read ``dataset``, featurize its molecules (cached) and drop those RDKit cannot read, with warnings.
+
+    FS-Mol's valid and test descriptors are standardised with the training file's statistics (featurizing the
+    training file first when its cache is absent), so that a model sees every split on one scale.
+    """
     raw = read_dataset(dataset, data_root, split)
+    scale = None
+    if dataset == "fsmol" and (split or "train") != "train" and spec.kind == "ecfp+desc":
+        scale = featurize(read_dataset("fsmol", data_root, "train").smiles, spec, "fsmol-train", cache_dir).scale
     name = f"{dataset}-{split}" if dataset == "fsmol" else dataset
-    return attach_features(raw, spec, name, cache_dir)
+    return attach_features(raw, spec, name, cache_dir, scale)
 
 
-def attach_features(raw: AssayData, spec: FeaturizerSpec, name: str, cache_dir: str | Path | None = None) -> AssayData:
-    """``raw`` with features; unreadable molecules removed from every task and reported."""
-    done = featurize(raw.smiles, spec, name, cache_dir)
+def attach_features(raw: AssayData, spec: FeaturizerSpec, name: str, cache_dir: str | Path | None = None,
+                    scale: tuple[np.ndarray, np.ndarray] | None = None) -> AssayData:
+    """``raw`` with features (descriptors standardised with ``scale``, default their own statistics); unreadable
+    molecules removed from every task and reported."""
+    done = featurize(raw.smiles, spec, name, cache_dir, scale)
     bad = torch.zeros(len(raw.smiles), dtype=torch.bool)
     bad[list(done.invalid)] = True
     recovered = torch.zeros(len(raw.smiles), dtype=torch.bool)
