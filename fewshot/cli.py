@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--within-alphabet", action="store_true", default=None,
                        help="draw each training and validation episode's classes from one alphabet "
                             "(the Lake one-shot benchmark's setting)")
+    train.add_argument("--distort", action="store_true", default=None,
+                       help="random affine distortions of Omniglot training images (Koch et al. 2015)")
     train.add_argument("--meta-batch", type=_positive_int, help="tasks per meta-update (T)")
     train.add_argument("--steps", type=_positive_int, help="meta-updates")
     train.add_argument("--inner-lr", type=_positive_float, help="inner step size alpha")
@@ -219,7 +221,7 @@ def _train_in_group(args: argparse.Namespace) -> None:
 
     flags = {"algo": args.algo, "dataset": args.dataset, "split": args.split, "ways": args.ways,
              "shots": args.shots, "queries": args.queries, "train_ways": args.train_ways,
-             "train_queries": args.train_queries, "within_alphabet": args.within_alphabet,
+             "train_queries": args.train_queries, "within_alphabet": args.within_alphabet, "distort": args.distort,
              "meta_batch": args.meta_batch, "steps": args.steps,
              "inner_steps": args.inner_steps, "inner_lr": args.inner_lr, "lr": args.lr,
              "time_limit": args.time_limit, "seed": args.seed, "data_root": args.data_root,

@@ -48,6 +48,7 @@ class RunConfig:
     image_size: int = 28
     rotations: bool | None = None      # None: on for the Vinyals splits, off otherwise; on a Lake split they
                                        # add training classes only (held-out alphabets stay upright)
+    distort: bool = False              # omniglot: random affine distortions of training images (Koch et al. 2015)
     vectorize: bool = False            # vmap over the tasks of a meta-batch
     multi_step_loss: bool = False      # gradient learners: meta-train on the mean query loss after every inner step
     margin: float = 1.0                # siamese: contrastive-loss margin
@@ -104,6 +105,9 @@ class RunConfig:
         allowed = distances.get(self.algo, ("euclidean",))
         if self.distance not in allowed:
             raise ValueError(f"unknown {self.algo} distance {self.distance!r}; use {' or '.join(allowed)}")
+        if self.distort and (self.dataset != "omniglot" or self.algo == "finetune"):
+            raise ValueError(f"distort applies to omniglot training episodes, not to {self.algo} on {self.dataset}; "
+                             "drop it")
         if self.within_alphabet and self.dataset != "omniglot":
             raise ValueError(f"within_alphabet applies to omniglot episodes, not {self.dataset}; drop it")
         for name in ("margin", "inner_lr", "lr"):

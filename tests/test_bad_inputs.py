@@ -91,6 +91,7 @@ CASES = [
     Case("config-distance", "a distance the learner does not have", "train --config {d}/distance.yaml"),
     Case("config-grad-clip", "a gradient clip that is not positive", "train --config {d}/grad-clip.yaml"),
     Case("config-ragged-images", "ragged query sets on images", "train --config {d}/ragged.yaml"),
+    Case("distort-molecules", "image distortions on a molecule dataset", "train --dataset tox21 --distort"),
     Case("config-pretrain-classes", "a fine-tune head of the wrong size",
          "train --config {d}/pretrain.yaml --out {d}/r"),
     # -- run directories and checkpoints -------------------------------------------------------------------

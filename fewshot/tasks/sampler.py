@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fewshot.datasets.labelled import LabelledData
+from fewshot.tasks.augment import random_affine
 from fewshot.tasks.episode import Episode
 from fewshot.tasks.seeding import generator
 
@@ -32,12 +33,15 @@ class ClassificationTasks(Dataset):
             the Omniglot alphabet), as Lake et al. (2015) do: episode ``i`` first draws a
             group uniformly among the groups with at least ``ways`` eligible classes
             (classes with ``shots + queries`` examples), then ``ways`` of its classes.
+        distort: give every image of an episode its own random affine distortion
+            (:func:`~fewshot.tasks.augment.random_affine`, Koch et al. 2015), drawn after the examples,
+            so the episode's classes and examples are those of the undistorted stream.
     """
 
     kind = "classification"
 
     def __init__(self, data: LabelledData, ways: int, shots: int, queries: int, seed: int = 0,
-                 num_episodes: int = 10**9, within_group: bool = False):
+                 num_episodes: int = 10**9, within_group: bool = False, distort: bool = False):
         for name, value, low in (("ways", ways, 2), ("shots", shots, 1), ("queries", queries, 1),
                                  ("num_episodes", num_episodes, 1)):
             if not isinstance(value, int) or value < low:
@@ -55,7 +59,7 @@ class ClassificationTasks(Dataset):
         self.data, self.ways, self.shots, self.queries = data, ways, shots, queries
         self.seed, self.num_episodes = seed, num_episodes
         self.eligible = eligible
-        self.within_group = within_group
+        self.within_group, self.distort = within_group, distort
         self._groups: list[torch.Tensor] = []   # eligible classes of each group big enough, by group name
         if within_group:
             by_group: dict[str, list[int]] = {}
@@ -87,8 +91,10 @@ class ClassificationTasks(Dataset):
         picks = torch.stack(picks)                                  # [N, K+Q] example indices
         labels = torch.arange(self.ways).unsqueeze(1).expand(-1, need)
         support, query = picks[:, : self.shots].reshape(-1), picks[:, self.shots:].reshape(-1)
-        return Episode(self._inputs(support), labels[:, : self.shots].reshape(-1),
-                       self._inputs(query), labels[:, self.shots:].reshape(-1))
+        support_x, query_x = self._inputs(support), self._inputs(query)
+        if self.distort:
+            support_x, query_x = random_affine(support_x, g), random_affine(query_x, g)
+        return Episode(support_x, labels[:, : self.shots].reshape(-1), query_x, labels[:, self.shots:].reshape(-1))
 
     def episode_classes(self, index: int) -> list[int]:
         """The dataset class ids of episode ``index``, in label order (label j is class ``[j]``)."""

@@ -112,7 +112,8 @@ def eval_data(config: RunConfig, split: str | None, data_root: str | None) -> tu
 
 def train_tasks(config: RunConfig) -> Dataset:
     """The run's stream of training episodes (seeded by the run's seed); with ``within_alphabet``, each
-    episode's classes come from one alphabet (the Lake et al. 2015 protocol)."""
+    episode's classes come from one alphabet (the Lake et al. 2015 protocol); with ``distort``, its images are
+    randomly distorted (Koch et al. 2015)."""
     if config.dataset in MOLECULE_DATASETS:
         return molecule_sources.train_tasks(config)
     seed = derive_seed(config.seed, 0)
@@ -123,7 +124,7 @@ def train_tasks(config: RunConfig) -> Dataset:
     if config.algo == "finetune":
         return PretrainBatches(omniglot_part(config, "train"), config.batch_size, seed=seed)
     return ClassificationTasks(omniglot_part(config, "train"), ways, config.shots, queries, seed=seed,
-                               within_group=config.within_alphabet)
+                               within_group=config.within_alphabet, distort=config.distort)
 
 
 def val_tasks(config: RunConfig) -> Dataset:
