@@ -85,6 +85,7 @@ class RunConfig:
     draws: int = 10                    # evaluation episodes per task (FS-Mol 10, Tox21 protocol 20)
     hidden: int = 1024                 # fp-mlp hidden width / graph atom state width
     embedding_dim: int = 512
+    dropout: float = 0.0               # fp-mlp: dropout on the hidden layer during training
     graph_layers: int = 3
     trees: int = 100                   # forest: trees per task
     input_dim: int | None = None       # fp-mlp input width (filled in from the features)
@@ -135,6 +136,9 @@ class RunConfig:
         for name in ("inner_lr", "lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}; pass a positive learning rate")
+        if not 0 <= self.dropout < 1 or (self.dropout and self.net != "fp-mlp"):
+            raise ValueError(f"dropout must be in [0, 1) and applies to net fp-mlp only, got {self.dropout} "
+                             f"with net {self.net}")
         if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise ValueError(f"grad_clip must be a finite number > 0 (or left out), got {self.grad_clip}")
         if self.ragged_queries and self.dataset not in MOLECULE_DATASETS:

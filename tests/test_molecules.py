@@ -334,6 +334,18 @@ def test_fingerprint_mlp_shapes():
         FingerprintMLP(0)
 
 
+def test_fingerprint_mlp_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    net, x = FingerprintMLP(32, hidden=64, embedding_dim=8, dropout=0.5), torch.rand(5, 32)
+    assert not torch.equal(net(x), net(x))                        # training: a fresh mask per call
+    net.eval()
+    plain = FingerprintMLP(32, hidden=64, embedding_dim=8)
+    plain.load_state_dict({k.replace("body.3", "body.2"): v for k, v in net.state_dict().items()})
+    torch.testing.assert_close(net(x), plain(x))                 # evaluation: the same net without dropout
+    with pytest.raises(ValueError, match="dropout"):
+        FingerprintMLP(32, dropout=1.0)
+
+
 def test_gzip_table_reads_like_the_plain_one(tmp_path):
     text = (FIXTURES / "tox21" / "tox21.csv").read_bytes()
     (tmp_path / "muv").mkdir()

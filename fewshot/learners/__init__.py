@@ -25,7 +25,7 @@ def molecule_net(config: RunConfig, out_features: int | None = None) -> nn.Modul
         return GraphNet(config.hidden, config.graph_layers, config.embedding_dim, out_features)
     if config.input_dim is None:
         raise ValueError("fp-mlp needs input_dim (the feature width), set when a run starts")
-    return FingerprintMLP(config.input_dim, config.hidden, config.embedding_dim, out_features)
+    return FingerprintMLP(config.input_dim, config.hidden, config.embedding_dim, out_features, config.dropout)
 
 
 def build_learner(config: RunConfig) -> Learner:

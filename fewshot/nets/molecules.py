@@ -17,16 +17,20 @@ from fewshot.datasets.featurize import ATOM_FIELDS, BOND_FIELDS
 class FingerprintMLP(nn.Module):
     """``x [B, in_features]`` (e.g. ECFP counts and descriptors) -> ``[B, embedding_dim]`` (or ``[B, out_features]``).
 
-    ``Linear(in, hidden) - ReLU - Linear(hidden, embedding_dim)``; with a head, ``ReLU - Linear(embedding_dim,
-    out_features)`` follows.
+    ``Linear(in, hidden) - ReLU - Linear(hidden, embedding_dim)``, with ``Dropout(dropout)`` before the second
+    linear layer when ``dropout > 0``; with a head, ``ReLU - Linear(embedding_dim, out_features)`` follows.
     """
 
-    def __init__(self, in_features: int, hidden: int = 1024, embedding_dim: int = 512, out_features: int | None = None):
+    def __init__(self, in_features: int, hidden: int = 1024, embedding_dim: int = 512, out_features: int | None = None,
+                 dropout: float = 0.0):
         super().__init__()
         for name, value in (("in_features", in_features), ("hidden", hidden), ("embedding_dim", embedding_dim)):
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, embedding_dim))
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        hidden_layers = [nn.Linear(in_features, hidden), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+        self.body = nn.Sequential(*hidden_layers, nn.Linear(hidden, embedding_dim))
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(embedding_dim, out_features)) if out_features else None
         self.embedding_dim = embedding_dim
 
