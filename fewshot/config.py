@@ -251,8 +251,8 @@ RECIPES[("reptile", "sinusoid")] = {**_MAML_SINUSOID, "inner_steps": 5, "inner_l
 _MOLECULES = dict(ways=2, net="fp-mlp", featurizer="ecfp+desc", queries=16, meta_batch=16, lr=0.0005,
                   inner_steps=0, steps=20000, holdout_val=0, val_every=500, val_episodes=200,
                   checkpoint_every=500, log_every=50, test_episodes=10**6)
-# FS-Mol: ECFP alone (measured better on the valid tasks than ecfp+desc at a time when each file's descriptors
-# were standardised with its own statistics; valid and test now use the training file's, not re-measured).
+# FS-Mol: ECFP alone (measured better on the valid tasks than ecfp+desc, also with the valid descriptors scaled
+# by the training file's statistics: README, "Few-shot drug discovery").
 _FSMOL = dict(_MOLECULES, featurizer="ecfp", support_size=16, draws=10, holdout_val=100)
 _TOX21 = dict(_MOLECULES, support_pos=10, support_neg=10, queries=64, draws=20, steps=2000, val_every=250,
               checkpoint_every=250)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.nn import functional as F
 
 from fewshot.datasets.labelled import LabelledData
-from fewshot.tasks.augment import MAX_DEGREES, MAX_SHEAR, MAX_SHIFT, affine_matrices, random_affine
+from fewshot.tasks.augment import MAX_DEGREES, MAX_SHEAR, MAX_SHIFT, affine_matrices, random_affine, warp
 from fewshot.tasks.sampler import ClassificationTasks
 
 
@@ -27,12 +26,15 @@ def test_matrices_stay_within_kochs_ranges_and_half_the_images_keep_each_compone
     assert float(angles.max()) <= math.radians(MAX_DEGREES) + 1e-6
 
 
-def test_a_whole_pixel_shift_moves_the_image_exactly():
-    x = torch.zeros(1, 1, 8, 8)
-    x[0, 0, 2:5, 3:6] = torch.arange(9.0).reshape(3, 3) + 1
-    theta = torch.tensor([[[1.0, 0.0, 2 * 2 / 8], [0.0, 1.0, 0.0]]])    # sample 2 pixels to the right
-    moved = F.grid_sample(x, F.affine_grid(theta, [1, 1, 8, 8], align_corners=False), align_corners=False)
-    torch.testing.assert_close(moved[0, 0, :, :-2], x[0, 0, :, 2:])
+def test_warp_moves_by_whole_pixels_exactly_and_leaves_identity_alone():
+    x = torch.zeros(2, 1, 8, 8)
+    x[:, 0, 2:5, 3:6] = torch.arange(9.0).reshape(3, 3) + 1
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    shift = torch.tensor([[1.0, 0.0, 2 * 2 / 8], [0.0, 1.0, 0.0]])      # shift 2/8 of the side: 2 pixels
+    moved = warp(x, torch.stack([identity, shift]))
+    torch.testing.assert_close(moved[0], x[0])
+    torch.testing.assert_close(moved[1, 0, :, :-2], x[1, 0, :, 2:])       # the content moved 2 pixels left
+    assert float(moved[1, 0, :, -2:].abs().sum()) == 0                    # background came in from outside
 
 
 def test_distortion_is_a_function_of_the_generator_and_changes_the_images():

@@ -34,9 +34,13 @@ def affine_matrices(n: int, g: torch.Generator) -> torch.Tensor:
     return torch.cat([linear, shift.unsqueeze(-1)], dim=-1)
 
 
-def random_affine(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Distort each image of ``x [n, C, H, W]`` (float, background 0) by its own random affine map from ``g``;
-    same shape, bilinear resampling."""
-    theta = affine_matrices(x.shape[0], g).to(x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample each image of ``x [n, C, H, W]`` (float, background 0) at ``theta [n, 2, 3] @ (u, v, 1)`` for
+    every output position ``(u, v)`` in normalised coordinates; same shape, bilinear, background outside."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_affine(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Distort each image of ``x [n, C, H, W]`` by its own random affine map (:func:`affine_matrices`) from ``g``."""
+    return warp(x, affine_matrices(x.shape[0], g))

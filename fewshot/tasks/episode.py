@@ -36,6 +36,14 @@ class Episode:
         return Episode(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
+def part_slice(num_tasks: int, parts: int, index: int) -> slice:
+    """The ``index``-th of ``parts`` equal contiguous slices of ``num_tasks`` tasks."""
+    per = num_tasks // parts
+    if per * parts != num_tasks:
+        raise ValueError(f"cannot split {num_tasks} tasks into {parts} equal parts")
+    return slice(index * per, (index + 1) * per)
+
+
 @dataclass(frozen=True)
 class TaskBatch:
     """``T`` episodes stacked on a leading task axis.
@@ -62,10 +70,7 @@ class TaskBatch:
 
     def split(self, parts: int, index: int) -> "TaskBatch":
         """The ``index``-th of ``parts`` contiguous slices of the task axis."""
-        per = self.num_tasks // parts
-        if per * parts != self.num_tasks:
-            raise ValueError(f"cannot split {self.num_tasks} tasks into {parts} equal parts")
-        sl = slice(index * per, (index + 1) * per)
+        sl = part_slice(self.num_tasks, parts, index)
         return TaskBatch(self.support_x[sl], self.support_y[sl], self.query_x[sl], self.query_y[sl])
 
     def to(self, device: torch.device | str) -> "TaskBatch":
@@ -91,10 +96,7 @@ class RaggedTaskBatch:
 
     def split(self, parts: int, index: int) -> "RaggedTaskBatch":
         """The ``index``-th of ``parts`` contiguous slices of the tasks."""
-        per = self.num_tasks // parts
-        if per * parts != self.num_tasks:
-            raise ValueError(f"cannot split {self.num_tasks} tasks into {parts} equal parts")
-        return RaggedTaskBatch(self.episodes[index * per:(index + 1) * per])
+        return RaggedTaskBatch(self.episodes[part_slice(self.num_tasks, parts, index)])
 
     def to(self, device: torch.device | str) -> "RaggedTaskBatch":
         return RaggedTaskBatch(tuple(e.to(device) for e in self.episodes))
