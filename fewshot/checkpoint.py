@@ -44,10 +44,13 @@ def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
 
 
 def save_checkpoint(directory: Path, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any]) -> None:
-    """Save model, optimizer, the JSON-able ``state`` and the RNG states as checkpoint ``name``."""
+                    state: dict[str, Any], average: torch.nn.Module | None = None) -> None:
+    """Save model, optimizer, the JSON-able ``state`` and the RNG states as checkpoint ``name``; with
+    ``average`` (a :class:`torch.optim.swa_utils.AveragedModel`), its state too, under ``average/``."""
     opt_tensors, opt_plain = _optimizer_split(optimizer)
     tensors = {f"model/{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    if average is not None:
+        tensors.update({f"average/{k}": v.detach().contiguous() for k, v in average.state_dict().items()})
     tensors.update(opt_tensors)
     tensors["rng/torch"] = torch.get_rng_state()
     blob = save_tensors(tensors)
@@ -108,10 +111,11 @@ def read_checkpoint(directory: Path, name: str) -> tuple[dict[str, torch.Tensor]
     return tensors, meta
 
 
-def load_model(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
-    """Load the ``model/`` tensors into ``model``; a different architecture is refused."""
+def load_model(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path,
+               prefix: str = "model/") -> None:
+    """Load the tensors named ``prefix...`` into ``model``; a different architecture is refused."""
     own = model.state_dict()
-    given = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
+    given = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
     missing, unexpected = sorted(set(own) - set(given)), sorted(set(given) - set(own))
     wrong = sorted(k for k in set(own) & set(given) if own[k].shape != given[k].shape)
     if missing or unexpected or wrong:

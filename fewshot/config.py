@@ -67,6 +67,8 @@ class RunConfig:
     checkpoint_every: int = 100
     time_limit: float | None = None
     grad_clip: float | None = None     # clip the meta-gradient's global L2 norm to this before each update
+    ema: float | None = None           # keep an exponential moving average of the weights with this decay
+                                       # (e.g. 0.999); validation, checkpoint selection and evaluation use it
     on_nonfinite: str = "stop"         # a non-finite meta-loss or gradient: stop | skip (the meta-batch)
     precision: str = "float32"         # float32 | bf16: the training step under bfloat16 autocast (weights,
                                        # optimizer and evaluation stay float32)
@@ -141,6 +143,8 @@ class RunConfig:
                              f"with net {self.net}")
         if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise ValueError(f"grad_clip must be a finite number > 0 (or left out), got {self.grad_clip}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ValueError(f"ema must be a decay in (0, 1), such as 0.999 (or left out), got {self.ema}")
         if self.ragged_queries and self.dataset not in MOLECULE_DATASETS:
             raise ValueError(f"ragged_queries applies to molecule datasets, not {self.dataset}; drop it")
         if self.ragged_queries and self.vectorize:

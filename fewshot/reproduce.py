@@ -94,11 +94,11 @@ def run_row(algo: str, ways: int, shots: int, p: Plan, out: Path, split: str, se
     cfg = trainer.config
     name, tasks = test_tasks(cfg, shots=shots)
     if algo == "sinusoid":
-        ours = {k: evaluate(trainer.learner, tasks, p.episodes, inner_steps=k) for k in PUBLISHED_SINUSOID}
+        ours = {k: evaluate(trainer.deployed, tasks, p.episodes, inner_steps=k) for k in PUBLISHED_SINUSOID}
         return {"algo": "maml", "task": "sinusoid 5-shot", "data": "sinusoid", "steps": result.step,
                 "seconds": time.monotonic() - start, "metric": "mse",
                 "ours": {k: (r.mean, r.ci95) for k, r in ours.items()}, "theirs": PUBLISHED_SINUSOID}
-    res = evaluate(trainer.learner, tasks, p.episodes, inner_steps=cfg.test_inner_steps)
+    res = evaluate(trainer.deployed, tasks, p.episodes, inner_steps=cfg.test_inner_steps)
     return {"algo": algo, "task": f"omniglot {ways}w{shots}s", "data": name, "steps": result.step,
             "seconds": time.monotonic() - start, "metric": "accuracy",
             "ours": (100 * res.mean, 100 * res.ci95), "theirs": PUBLISHED_OMNIGLOT[algo, ways, shots]}

@@ -6,6 +6,10 @@ A run directory holds::
     metrics.jsonl           one JSON object per logged step ("split": "train" or "val")
     checkpoints/last.*      the latest state (safetensors + JSON), written every checkpoint_every steps
     checkpoints/best.*      the state with the best validation metric
+
+With ``ema: d`` an exponential moving average of the weights (decay ``d``, :mod:`torch.optim.swa_utils`)
+is kept beside them: it is what validation scores, what ``best`` is chosen by, and what
+:func:`load_learner` returns; checkpoints hold both (``model/`` to resume training, ``average/``).
     tensorboard/            TensorBoard events
 
 Training on an existing run directory resumes from ``checkpoints/last``: the task
@@ -28,6 +32,7 @@ from typing import Any
 
 import torch
 import yaml
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from fewshot.checkpoint import load_model, load_optimizer, read_checkpoint, save_checkpoint
@@ -75,7 +80,8 @@ def load_run_config(run_dir: Path) -> RunConfig:
 
 
 def load_learner(run_dir: Path, checkpoint: str = "best") -> tuple[Learner, RunConfig]:
-    """The learner of a run, with the weights of checkpoint ``best`` (or ``last``)."""
+    """The learner of a run, with the weights of checkpoint ``best`` (or ``last``): the moving average
+    of the weights for a run trained with ``ema``."""
     config = load_run_config(run_dir)
     learner = build_learner(config)
     if not any(True for _ in learner.parameters()):   # nothing was trained (the random forest)
@@ -83,7 +89,8 @@ def load_learner(run_dir: Path, checkpoint: str = "best") -> tuple[Learner, RunC
     ckpt_dir = run_dir / "checkpoints"
     name = checkpoint if (ckpt_dir / f"{checkpoint}.json").is_file() else "last"
     tensors, _ = read_checkpoint(ckpt_dir, name)
-    load_model(learner, tensors, ckpt_dir / f"{name}.json")
+    load_model(learner, tensors, ckpt_dir / f"{name}.json",
+               prefix="average/module." if config.ema is not None else "model/")
     return learner, config
 
 
@@ -135,6 +142,8 @@ class Trainer:
         self.learner = build_learner(self.config)
         params = list(self.learner.parameters())
         self.optimizer = torch.optim.Adam(params, lr=self.config.lr) if params else None   # None: nothing to train
+        self.average = (AveragedModel(self.learner, multi_avg_fn=get_ema_multi_avg_fn(self.config.ema),
+                                      use_buffers=True) if self.config.ema is not None and params else None)
         self.step, self.best_val, self._saved_step, self.skipped = 0, None, None, 0
         if (self.ckpt_dir / "last.json").is_file():
             self._restore()
@@ -145,6 +154,8 @@ class Trainer:
         tensors, meta = read_checkpoint(self.ckpt_dir, "last")
         load_model(self.learner, tensors, self.ckpt_dir / "last.json")
         load_optimizer(self.optimizer, tensors, meta)
+        if self.average is not None:
+            load_model(self.average, tensors, self.ckpt_dir / "last.json", prefix="average/")
         torch.set_rng_state(tensors["rng/torch"])
         self.step, self.best_val = meta["state"]["step"], meta["state"]["best_val"]
         self.skipped = meta["state"].get("skipped", 0)
@@ -155,7 +166,7 @@ class Trainer:
             self._saved_step = self.step
         if self.ranks.main:
             save_checkpoint(self.ckpt_dir, name, self.learner, self.optimizer,
-                            {"step": self.step, "best_val": self.best_val, "skipped": self.skipped})
+                            {"step": self.step, "best_val": self.best_val, "skipped": self.skipped}, self.average)
 
     def _log(self, record: dict[str, Any], writer) -> None:
         if not self.ranks.main:
@@ -182,8 +193,13 @@ class Trainer:
                 kept.append(line)
         atomic_write(path, "".join(l + "\n" for l in kept).encode())
 
+    @property
+    def deployed(self) -> Learner:
+        """The learner validation scores and the run returns: the weights' moving average with ``ema``."""
+        return self.learner if self.average is None else self.average.module
+
     def validate(self) -> EvalResult:
-        return evaluate(self.learner, self.val_tasks, min(self.config.val_episodes, len(self.val_tasks)),
+        return evaluate(self.deployed, self.val_tasks, min(self.config.val_episodes, len(self.val_tasks)),
                         inner_steps=self.config.test_inner_steps)
 
     def run(self) -> TrainResult:
@@ -226,7 +242,7 @@ class Trainer:
             bar.close()
             if writer is not None:
                 writer.close()
-        return TrainResult(self.learner, cfg, self.step, stopped_early, self.best_val, self.skipped)
+        return TrainResult(self.deployed, cfg, self.step, stopped_early, self.best_val, self.skipped)
 
     def _train_step(self) -> dict[str, float]:
         """One meta-update on this rank's share of the step's tasks; ``{}`` when the meta-batch is skipped."""
@@ -255,6 +271,8 @@ class Trainer:
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update_parameters(self.learner)
         return metrics
 
     def _validate_and_keep_best(self, writer, bar) -> None:

@@ -92,6 +92,7 @@ CASES = [
     Case("config-grad-clip", "a gradient clip that is not positive", "train --config {d}/grad-clip.yaml"),
     Case("config-ragged-images", "ragged query sets on images", "train --config {d}/ragged.yaml"),
     Case("config-dropout", "dropout for a net without it", "train --config {d}/dropout.yaml"),
+    Case("config-ema", "a weight-average decay outside (0, 1)", "train --config {d}/ema.yaml"),
     Case("distort-molecules", "image distortions on a molecule dataset", "train --dataset tox21 --distort"),
     Case("config-pretrain-classes", "a fine-tune head of the wrong size",
          "train --config {d}/pretrain.yaml --out {d}/r"),
@@ -160,7 +161,7 @@ def d(tmp_path_factory) -> Path:
                "on-nonfinite": "on_nonfinite: ignore\n", "precision": "precision: fp16\n",
                "distance": "algo: protonet\ndistance: cosine\n", "pretrain": "algo: finetune\npretrain_classes: 5\n",
                "grad-clip": "grad_clip: 0\n", "ragged": "ragged_queries: true\n",
-               "dropout": "dropout: 0.3\n"}
+               "dropout": "dropout: 0.3\n", "ema": "ema: 1\n"}
     for name, text in configs.items():
         (d / f"{name}.yaml").write_text(text)
     (d / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01")

@@ -266,3 +266,39 @@ def test_grad_clip_bounds_the_meta_gradient_norm_of_every_update(tmp_path):
     assert len(norms) == 3 and all(n == pytest.approx(0.01, rel=1e-4) for n in norms)   # untrained: norm >> 0.01
     with pytest.raises(ValueError, match="grad_clip must be a finite number > 0"):
         tiny_protonet(grad_clip=0.0)
+
+
+def test_ema_is_the_moving_average_of_the_weights_and_what_the_run_returns(tmp_path):
+    """With ``ema: d`` the deployed weights follow e_1 = w_1, e_t = d e_(t-1) + (1 - d) w_t over the weights
+    w_t after each update, recomputed here from the live weights; ``load_learner`` returns them, not w_t."""
+    decay = 0.9
+    trainer = Trainer(tiny_protonet(steps=4, ema=decay), tmp_path / "run", progress=False)
+    expected, step = None, trainer.optimizer.step
+
+    def step_then_average(*args, **kwargs):
+        nonlocal expected
+        out = step(*args, **kwargs)
+        live = params(trainer.learner)
+        expected = live if expected is None else {k: decay * expected[k] + (1 - decay) * live[k] for k in live}
+        return out
+
+    trainer.optimizer.step = step_then_average
+    result = trainer.run()
+    deployed = params(result.learner)
+    assert result.learner is not trainer.learner
+    assert any(not torch.allclose(deployed[k], params(trainer.learner)[k]) for k in deployed)
+    for k in deployed:
+        torch.testing.assert_close(deployed[k], expected[k], rtol=1e-6, atol=1e-7)
+    loaded, _ = load_learner(tmp_path / "run", "last")
+    assert_params_identical(params(loaded), deployed)
+    with pytest.raises(ValueError, match=r"ema must be a decay in \(0, 1\)"):
+        tiny_protonet(ema=1.0)
+
+
+def test_resume_with_ema_equals_an_uninterrupted_run(tmp_path):
+    straight = train(tiny_protonet(steps=6, ema=0.8), tmp_path / "straight")
+    split = tmp_path / "split"
+    train(tiny_protonet(steps=3, ema=0.8), split)
+    resumed = train(run_config(split, {}, {"steps": 6}), split)
+    assert_params_identical(params(resumed.learner), params(straight.learner))
+    assert resumed.best_val == straight.best_val
