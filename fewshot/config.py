@@ -43,6 +43,8 @@ class RunConfig:
     eval_inner_steps: int | None = None  # test-time inner steps (None: same as inner_steps)
     inner_lr: float = 0.4
     lr: float = 0.001
+    lr_decay: float = 1.0              # multiply lr by this every lr_decay_every steps (Snell et al.: 0.5 per 2000)
+    lr_decay_every: int = 2000
     net: str = "conv4-pool"            # conv4-pool | conv4-strided | mlp
     norm: str = "batch"                # batch (per-task batch statistics) | none
     image_size: int = 28
@@ -93,6 +95,10 @@ class RunConfig:
     input_dim: int | None = None       # fp-mlp input width (filled in from the features)
     test_tasks: list[str] = field(default_factory=list)   # MoleculeNet sets: the held-out tasks (filled in)
 
+    def learning_rate(self, step: int) -> float:
+        """The outer learning rate of update ``step + 1``: ``lr * lr_decay ** (step // lr_decay_every)``."""
+        return self.lr * self.lr_decay ** (step // self.lr_decay_every)
+
     def validate(self) -> "RunConfig":
         """Raise ``ValueError`` naming the first impossible setting."""
         if self.algo not in ALGOS:
@@ -119,7 +125,7 @@ class RunConfig:
         if not self.margin > 0:
             raise ValueError(f"margin must be > 0, got {self.margin}")
         for name in ("ways", "shots", "queries", "meta_batch", "steps", "image_size", "val_every", "batch_size",
-                     "val_episodes", "test_episodes", "log_every", "checkpoint_every", "holdout_test"):
+                     "lr_decay_every", "val_episodes", "test_episodes", "log_every", "checkpoint_every", "holdout_test"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         # molecules may validate on the training tasks' held-out molecules (holdout_val 0, the Tox21 protocol)
@@ -143,6 +149,8 @@ class RunConfig:
                              f"with net {self.net}")
         if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise ValueError(f"grad_clip must be a finite number > 0 (or left out), got {self.grad_clip}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1] (1: a constant learning rate), got {self.lr_decay}")
         if self.ema is not None and not 0 < self.ema < 1:
             raise ValueError(f"ema must be a decay in (0, 1), such as 0.999 (or left out), got {self.ema}")
         if self.ragged_queries and self.dataset not in MOLECULE_DATASETS:

@@ -270,6 +270,8 @@ class Trainer:
                                      "or --inner-lr and train again, or resume with --on-nonfinite skip")
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        for group in self.optimizer.param_groups:     # a function of the step, so a resumed run follows it exactly
+            group["lr"] = cfg.learning_rate(self.step)
         self.optimizer.step()
         if self.average is not None:
             self.average.update_parameters(self.learner)

@@ -93,6 +93,7 @@ CASES = [
     Case("config-ragged-images", "ragged query sets on images", "train --config {d}/ragged.yaml"),
     Case("config-dropout", "dropout for a net without it", "train --config {d}/dropout.yaml"),
     Case("config-ema", "a weight-average decay outside (0, 1)", "train --config {d}/ema.yaml"),
+    Case("config-lr-decay", "a learning-rate decay that would grow it", "train --config {d}/lr-decay.yaml"),
     Case("distort-molecules", "image distortions on a molecule dataset", "train --dataset tox21 --distort"),
     Case("config-pretrain-classes", "a fine-tune head of the wrong size",
          "train --config {d}/pretrain.yaml --out {d}/r"),
@@ -161,7 +162,8 @@ def d(tmp_path_factory) -> Path:
                "on-nonfinite": "on_nonfinite: ignore\n", "precision": "precision: fp16\n",
                "distance": "algo: protonet\ndistance: cosine\n", "pretrain": "algo: finetune\npretrain_classes: 5\n",
                "grad-clip": "grad_clip: 0\n", "ragged": "ragged_queries: true\n",
-               "dropout": "dropout: 0.3\n", "ema": "ema: 1\n"}
+               "dropout": "dropout: 0.3\n", "ema": "ema: 1\n",
+               "lr-decay": "lr_decay: 2\n"}
     for name, text in configs.items():
         (d / f"{name}.yaml").write_text(text)
     (d / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01")

@@ -302,3 +302,23 @@ def test_resume_with_ema_equals_an_uninterrupted_run(tmp_path):
     resumed = train(run_config(split, {}, {"steps": 6}), split)
     assert_params_identical(params(resumed.learner), params(straight.learner))
     assert resumed.best_val == straight.best_val
+
+
+def test_lr_decay_halves_the_learning_rate_every_n_steps_also_after_a_resume(tmp_path):
+    def learning_rates(config, run_dir):
+        trainer = Trainer(config, run_dir, progress=False)
+        seen, step = [], trainer.optimizer.step
+
+        def record_then_step(*args, **kwargs):
+            seen.append(trainer.optimizer.param_groups[0]["lr"])
+            return step(*args, **kwargs)
+
+        trainer.optimizer.step = record_then_step
+        trainer.run()
+        return seen
+
+    config = tiny_protonet(steps=3, lr=0.01, lr_decay=0.5, lr_decay_every=2)
+    assert learning_rates(config, tmp_path / "run") == [0.01, 0.01, 0.005]
+    assert learning_rates(run_config(tmp_path / "run", {}, {"steps": 5}), tmp_path / "run") == [0.005, 0.0025]
+    with pytest.raises(ValueError, match=r"lr_decay must be in \(0, 1\]"):
+        tiny_protonet(lr_decay=0.0)
