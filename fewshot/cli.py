@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from fewshot.config import ALGOS, DATASETS, GRADIENT_ALGOS, MOLECULE_DATASETS, load_yaml
 
@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=_positive_int, help="episodes to average (default 600)")
     ev.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
     ev.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    ev.add_argument("--ensemble", nargs="+", metavar="RUN_DIR",
+                    help="score RUN_DIR together with these runs, averaging their class probabilities (runs "
+                         "trained on the same data split; images are resized to each run's image_size)")
     ev.add_argument("--benchmark", choices=("omniglot-lake-runs",),
                     help="score on a fixed benchmark instead of sampled episodes: omniglot-lake-runs = the 20 "
                          "20-way 1-shot within-alphabet runs of Lake et al. 2015, read from "
@@ -271,46 +274,71 @@ def _eval(args: argparse.Namespace) -> None:
 
     if args.benchmark is not None:
         return _eval_benchmark(args)
-    learner, cfg = load_learner(Path(args.run_dir), args.checkpoint)
+    learner, configs, steps = _load_runs(args)
+    cfg = configs[0]
     if args.dataset not in (None, cfg.dataset):
         raise ValueError(f"run {args.run_dir} was trained on {cfg.dataset}, not {args.dataset}; "
                          "evaluate it on its own dataset")
     if cfg.dataset in MOLECULE_DATASETS:
         from fewshot.cli_molecules import evaluate_run
-        return evaluate_run(args, learner, cfg)
-    if args.ways not in (None, cfg.ways) and cfg.algo in GRADIENT_ALGOS:
-        raise ValueError(f"{cfg.algo} run {args.run_dir} has a {cfg.ways}-way head; evaluate with --ways {cfg.ways}")
+        return evaluate_run(args, learner, cfg, steps)
+    head = _fixed_head(args, configs)
+    if args.ways not in (None, cfg.ways) and head:
+        raise ValueError(f"{head[1]} run {head[0]} has a {cfg.ways}-way head; evaluate with --ways {cfg.ways}")
     seed = args.seed if args.seed is not None else 0
     name, tasks = test_tasks(cfg, args.split, args.data_root, ways=args.ways, shots=args.shots,
                              queries=args.queries, seed=seed)
-    steps = args.inner_steps if args.inner_steps is not None else cfg.test_inner_steps
     res = evaluate(learner, tasks, args.episodes or 600, inner_steps=steps, progress=not args.json)
     summary = _summary(res, cfg.dataset, name, args.ways or cfg.ways, args.shots or cfg.shots)
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"{res.metric}: {res.mean:.4f} ± {res.ci95:.4f} ({res.episodes} episodes, "
-              f"{summary['ways']}-way {summary['shots']}-shot, {name}, {steps} inner steps)")
+              f"{summary['ways']}-way {summary['shots']}-shot, {name}, {_steps_text(steps)})")
+
+
+def _load_runs(args: argparse.Namespace) -> tuple[Any, list, int | None]:
+    """The learner ``fewshot eval`` scores (an ensemble with ``--ensemble``), the runs' configs (the first
+    is the one episodes are drawn from) and the test-time inner steps (``None``: each run's own)."""
+    from fewshot.train import load_ensemble, load_learner
+
+    if args.ensemble:
+        learner, configs = load_ensemble([Path(args.run_dir), *map(Path, args.ensemble)], args.checkpoint)
+        return learner, configs, args.inner_steps
+    learner, cfg = load_learner(Path(args.run_dir), args.checkpoint)
+    return learner, [cfg], args.inner_steps if args.inner_steps is not None else cfg.test_inner_steps
+
+
+def _fixed_head(args: argparse.Namespace, configs: list) -> tuple[str, str] | None:
+    """(run directory, algo) of the first run being scored whose output head has a fixed width, if any
+    (the runs of an ensemble share the first one's ways)."""
+    runs = [args.run_dir, *(args.ensemble or [])]
+    return next(((run, c.algo) for run, c in zip(runs, configs) if c.algo in GRADIENT_ALGOS), None)
+
+
+def _steps_text(steps: int | None) -> str:
+    return "each run's own inner steps" if steps is None else f"{steps} inner steps"
 
 
 def _eval_benchmark(args: argparse.Namespace) -> None:
     """``fewshot eval RUN_DIR --benchmark omniglot-lake-runs``: the mean one-shot error over Lake's runs."""
     from fewshot.datasets.lake_runs import find_lake_runs, lake_error, load_lake_runs
     from fewshot.tasks.sources import character, omniglot_part
-    from fewshot.train import load_learner
 
     fixed = [flag for flag, value in (("--split", args.split), ("--ways", args.ways), ("--shots", args.shots),
                                       ("--queries", args.queries), ("--dataset", args.dataset)) if value is not None]
     if fixed:
         raise ValueError(f"{args.benchmark} fixes its own episodes (20-way 1-shot runs); drop {', '.join(fixed)}")
-    learner, cfg = load_learner(Path(args.run_dir), args.checkpoint)
+    learner, configs, steps = _load_runs(args)
+    cfg = configs[0]
     if cfg.dataset != "omniglot":
         raise ValueError(f"run {args.run_dir} was trained on {cfg.dataset}; {args.benchmark} needs an omniglot run")
     source = find_lake_runs(args.data_root)
     runs = load_lake_runs(args.data_root, cfg.image_size)
     ways = {run.ways for run in runs}
-    if cfg.algo in GRADIENT_ALGOS and ways != {cfg.ways}:
-        raise ValueError(f"{cfg.algo} run {args.run_dir} has a {cfg.ways}-way head but the runs are "
+    head = _fixed_head(args, configs)
+    if head and ways != {cfg.ways}:
+        raise ValueError(f"{head[1]} run {head[0]} has a {cfg.ways}-way head but the runs are "
                          f"{'/'.join(map(str, sorted(ways)))}-way; train it with --ways 20")
     if all(run.characters is not None for run in runs):
         seen = {character(c) for c in omniglot_part(cfg, "train").class_names}
@@ -325,7 +353,6 @@ def _eval_benchmark(args: argparse.Namespace) -> None:
             "runs: the score may be optimistic.")
         print(f"note: {source} has no fixture.json manifest (as the official archive); its characters were not "
               f"checked against this run's training classes.{trained_on}", file=sys.stderr)
-    steps = args.inner_steps if args.inner_steps is not None else cfg.test_inner_steps
     result = lake_error(learner, runs, inner_steps=steps)
     summary = {"benchmark": args.benchmark, **result, "ways": max(ways), "shots": 1, "source": str(source)}
     if args.json:
@@ -333,7 +360,7 @@ def _eval_benchmark(args: argparse.Namespace) -> None:
     else:
         print(f"error: {result['mean']:.4f} ± {result['ci95']:.4f} ({result['runs']} runs, "
               f"{'/'.join(map(str, sorted(ways)))}-way 1-shot within one alphabet, {args.benchmark} from {source}, "
-              f"{steps} inner steps)")
+              f"{_steps_text(steps)})")
 
 
 def _download(args: argparse.Namespace) -> None:

@@ -47,8 +47,9 @@ def test_after_training(learner, cfg, out: Path) -> None:
     print(f"test {_line(res, name, support, cfg.test_inner_steps)}")
 
 
-def evaluate_run(args: argparse.Namespace, learner, cfg) -> None:
-    """``fewshot eval RUN_DIR`` of a molecule run: mean ± standard error over tasks of ΔAUPRC (FS-Mol) or ROC-AUC."""
+def evaluate_run(args: argparse.Namespace, learner, cfg, steps: int | None) -> None:
+    """``fewshot eval RUN_DIR`` of a molecule run: mean ± standard error over tasks of ΔAUPRC (FS-Mol) or ROC-AUC,
+    with ``steps`` test-time inner steps (``None``: each learner's own)."""
     image_flags = [f for f, v in (("--ways", args.ways), ("--shots", args.shots), ("--queries", args.queries),
                                   ("--episodes", args.episodes)) if v is not None]
     if image_flags:
@@ -64,7 +65,6 @@ def evaluate_run(args: argparse.Namespace, learner, cfg) -> None:
         support = cfg.support_spec()
     name, tasks = molecule_sources.test_tasks(cfg, args.split, args.data_root, support=support, draws=args.draws,
                                               seed=args.seed if args.seed is not None else 0)
-    steps = args.inner_steps if args.inner_steps is not None else cfg.test_inner_steps
     res = evaluate(learner, tasks, None, inner_steps=steps, progress=not args.json)
     if args.json:
         print(json.dumps(_summary(res, support)))

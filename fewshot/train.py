@@ -26,9 +26,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import yaml
@@ -36,12 +36,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from fewshot.checkpoint import load_model, load_optimizer, read_checkpoint, save_checkpoint
-from fewshot.config import RunConfig, check_types, resolve, yaml_problem
+from fewshot.config import GRADIENT_ALGOS, MOLECULE_DATASETS, RunConfig, check_types, resolve, yaml_problem
 from fewshot.distributed import Ranks, task_slice
 from fewshot.evaluate import EvalResult, evaluate
 from fewshot.faults import pause_point
 from fewshot.files import atomic_write, remove_partial_writes
 from fewshot.learners import Learner, build_learner
+from fewshot.learners.ensemble import Ensemble
 from fewshot.tasks.episode import stack_episodes
 from fewshot.tasks.sources import fill_in, train_tasks, val_tasks
 
@@ -92,6 +93,38 @@ def load_learner(run_dir: Path, checkpoint: str = "best") -> tuple[Learner, RunC
     load_model(learner, tensors, ckpt_dir / f"{name}.json",
                prefix="average/module." if config.ema is not None else "model/")
     return learner, config
+
+
+#: What runs must share to be scored as one ensemble: the data split, so that every member's held-out
+#: classes or tasks are the episodes'; for molecules the features; for heads of fixed width the ways.
+ENSEMBLE_SHARED = ("dataset", "split", "val_alphabets", "test_alphabets", "holdout_val", "holdout_test", "test_tasks")
+ENSEMBLE_SHARED_MOLECULES = ("featurizer", "fp_radius", "fp_size", "fp_counts")
+
+
+def load_ensemble(run_dirs: Sequence[Path], checkpoint: str = "best") -> tuple[Ensemble, list[RunConfig]]:
+    """The runs' learners as one :class:`~fewshot.learners.ensemble.Ensemble` (each with its checkpoint
+    ``checkpoint``), and their configs, the first of which, at the largest image side among them, is the
+    one to draw the episodes from.
+
+    Raises:
+        RunError: a run that does not share the first one's data split, features or (gradient learners)
+            ways; the message names the setting.
+    """
+    learners, configs = zip(*(load_learner(Path(d), checkpoint) for d in run_dirs))
+    first = configs[0]
+    shared = ENSEMBLE_SHARED + (ENSEMBLE_SHARED_MOLECULES if first.dataset in MOLECULE_DATASETS else ())
+    for run_dir, cfg in zip(run_dirs[1:], configs[1:]):
+        differ = [key for key in shared if getattr(cfg, key) != getattr(first, key)]
+        if not differ and cfg.algo in GRADIENT_ALGOS and cfg.ways != first.ways:
+            differ = ["ways"]
+        if differ:
+            raise RunError(f"run {run_dir} cannot join an ensemble with {run_dirs[0]}: its {differ[0]} is "
+                           f"{getattr(cfg, differ[0])!r}, not {getattr(first, differ[0])!r}; ensemble runs "
+                           "trained on the same data split (and features, and ways for a gradient learner)")
+    sizes = [cfg.image_size if cfg.dataset == "omniglot" else None for cfg in configs]
+    ensemble = Ensemble(learners, sizes, [cfg.test_inner_steps for cfg in configs])
+    episodes = replace(first, image_size=max(sizes)) if first.dataset == "omniglot" else first
+    return ensemble, [episodes, *configs[1:]]
 
 
 def run_config(run_dir: Path, file_values: dict[str, Any], flags: dict[str, Any]) -> RunConfig:
