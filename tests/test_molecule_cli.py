@@ -118,3 +118,34 @@ def test_fsmol_eval_json_contract_and_missing_test_file(tmp_path, capsys):
 def test_bad_molecule_input_is_one_line(argv, pattern, tmp_path, capsys):
     code, out, err = cli([*argv, "--out", tmp_path / "r"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and pattern in err, err
+
+
+def test_paired_runs_script_pairs_the_scores_that_eval_prints(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("paired_runs", Path(__file__).parent.parent / "benchmarks" /
+                                                  "paired_runs.py")
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    means = {}
+    for seed in (0, 1):
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump({"holdout_val": 2, "trees": 5, "draws": 2, "seed": seed}))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code, _, err = cli(["train", "--algo", "forest", "--dataset", "fsmol", "--config", tmp_path / "c.yaml",
+                                "--data-root", FIXTURES, "--out", tmp_path / f"f{seed}", "--no-progress"], capsys)
+            assert code == 0, err
+            code, out, err = cli(["eval", tmp_path / f"f{seed}", "--split", "valid", "--support-size", "16",
+                                  "--draws", "2", "--data-root", FIXTURES, "--json"], capsys)
+        assert code == 0, err
+        means[seed] = json.loads(out.strip().splitlines()[-1])["mean"]
+    monkeypatch.setattr(sys, "argv", ["paired_runs.py", str(tmp_path / "f0"), str(tmp_path / "f1"), "--data-root",
+                                      str(FIXTURES), "--draws", "2"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        paired.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(f"delta_auprc {means[0]:.4f} over 3 tasks")
+    assert lines[1].endswith(f"delta_auprc {means[1]:.4f} over 3 tasks")
+    assert lines[2].startswith(f"A - B: {means[0] - means[1]:.4f} ± ")
