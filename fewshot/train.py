@@ -6,11 +6,11 @@ A run directory holds::
     metrics.jsonl           one JSON object per logged step ("split": "train" or "val")
     checkpoints/last.*      the latest state (safetensors + JSON), written every checkpoint_every steps
     checkpoints/best.*      the state with the best validation metric
+    tensorboard/            TensorBoard events
 
 With ``ema: d`` an exponential moving average of the weights (decay ``d``, :mod:`torch.optim.swa_utils`)
 is kept beside them: it is what validation scores, what ``best`` is chosen by, and what
 :func:`load_learner` returns; checkpoints hold both (``model/`` to resume training, ``average/``).
-    tensorboard/            TensorBoard events
 
 Training on an existing run directory resumes from ``checkpoints/last``: the task
 stream is indexed by step, so the resumed run sees the episodes the uninterrupted one
