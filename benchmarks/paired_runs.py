@@ -45,8 +45,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    scores = [per_task(Path(run), args.checkpoint, args.split, args.data_root, args.support_size, args.draws,
-                       args.seed) for run in (args.run_a, args.run_b)]
+    try:
+        scores = [per_task(Path(run), args.checkpoint, args.split, args.data_root, args.support_size, args.draws,
+                           args.seed) for run in (args.run_a, args.run_b)]
+    except (OSError, ValueError) as e:          # a missing or damaged run, data root or split: one line, no traceback
+        raise SystemExit(f"paired_runs.py: error: {e}") from None
     (metric, a), (_, b) = scores
     if a.keys() != b.keys():
         raise SystemExit(f"the runs were scored on different tasks ({len(a)} vs {len(b)}); compare runs of one dataset")

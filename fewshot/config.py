@@ -125,7 +125,8 @@ class RunConfig:
         if not self.margin > 0:
             raise ValueError(f"margin must be > 0, got {self.margin}")
         for name in ("ways", "shots", "queries", "meta_batch", "steps", "image_size", "val_every", "batch_size",
-                     "lr_decay_every", "val_episodes", "test_episodes", "log_every", "checkpoint_every", "holdout_test"):
+                     "lr_decay_every", "val_episodes", "test_episodes", "log_every", "checkpoint_every",
+                     "holdout_test"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         # molecules may validate on the training tasks' held-out molecules (holdout_val 0, the Tox21 protocol)

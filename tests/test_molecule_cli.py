@@ -11,7 +11,9 @@ meta-trained on 9 substructures transfer worst: their 2-way head learns the trai
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -120,14 +122,17 @@ def test_bad_molecule_input_is_one_line(argv, pattern, tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and pattern in err, err
 
 
-def test_paired_runs_script_pairs_the_scores_that_eval_prints(tmp_path, capsys, monkeypatch):
-    import importlib.util
-    import sys
-
+def paired_runs_script():
+    """``benchmarks/paired_runs.py`` as a module (the benchmarks folder is not a package)."""
     spec = importlib.util.spec_from_file_location("paired_runs", Path(__file__).parent.parent / "benchmarks" /
                                                   "paired_runs.py")
-    paired = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(paired)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_runs_script_pairs_the_scores_that_eval_prints(tmp_path, capsys, monkeypatch):
+    paired = paired_runs_script()
     means = {}
     for seed in (0, 1):
         (tmp_path / "c.yaml").write_text(yaml.safe_dump({"holdout_val": 2, "trees": 5, "draws": 2, "seed": seed}))
@@ -149,3 +154,11 @@ def test_paired_runs_script_pairs_the_scores_that_eval_prints(tmp_path, capsys, 
     assert lines[0].endswith(f"delta_auprc {means[0]:.4f} over 3 tasks")
     assert lines[1].endswith(f"delta_auprc {means[1]:.4f} over 3 tasks")
     assert lines[2].startswith(f"A - B: {means[0] - means[1]:.4f} ± ")
+
+
+def test_paired_runs_script_names_a_missing_run_in_one_line(tmp_path, monkeypatch):
+    paired = paired_runs_script()
+    monkeypatch.setattr(sys, "argv", ["paired_runs.py", str(tmp_path / "nope"), str(tmp_path / "nope"),
+                                      "--data-root", str(FIXTURES)])
+    with pytest.raises(SystemExit, match=r"paired_runs.py: error: .*nope is not a fewshot run directory"):
+        paired.main()
