@@ -47,6 +47,9 @@ class RunConfig:
     lr_decay_every: int = 2000
     net: str = "conv4-pool"            # conv4-pool | conv4-strided | mlp
     norm: str = "batch"                # batch (per-task batch statistics) | none
+    channels: int = 64                 # conv4 nets: filters per block
+    pooling: str = "mean"              # conv4 nets: the last feature map as a vector: mean (over space) |
+                                       # flatten (channels x side x side; Snell et al. on larger images)
     image_size: int = 28
     rotations: bool | None = None      # None: on for the Vinyals splits, off otherwise; on a Lake split they
                                        # add training classes only (held-out alphabets stay upright)
@@ -187,7 +190,18 @@ class RunConfig:
                              "use mlp for sinusoid and a conv4 net for omniglot")
         if self.norm not in ("batch", "none"):
             raise ValueError(f"unknown norm {self.norm!r}; choose batch or none")
+        self._validate_conv()
         return self
+
+    def _validate_conv(self) -> None:
+        if self.pooling not in ("mean", "flatten"):
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose mean or flatten")
+        if self.channels < 1:
+            raise ValueError(f"channels must be >= 1, got {self.channels}")
+        conv = self.net.startswith("conv4-") and self.algo != "relation"
+        if not conv and (self.pooling, self.channels) != ("mean", 64):
+            raise ValueError(f"channels and pooling shape the conv4 nets; {self.algo} with net {self.net} has "
+                             "its own encoder: drop them")
 
     def _validate_molecules(self) -> None:
         from fewshot.datasets.featurize import FeaturizerSpec

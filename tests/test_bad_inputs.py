@@ -94,6 +94,9 @@ CASES = [
     Case("config-dropout", "dropout for a net without it", "train --config {d}/dropout.yaml"),
     Case("config-ema", "a weight-average decay outside (0, 1)", "train --config {d}/ema.yaml"),
     Case("config-lr-decay", "a learning-rate decay that would grow it", "train --config {d}/lr-decay.yaml"),
+    Case("config-pooling", "an unknown pooling of the conv net", "train --config {d}/pooling.yaml"),
+    Case("config-channels-relation", "conv widths for a learner with its own encoder",
+         "train --config {d}/channels.yaml"),
     Case("distort-molecules", "image distortions on a molecule dataset", "train --dataset tox21 --distort"),
     Case("config-pretrain-classes", "a fine-tune head of the wrong size",
          "train --config {d}/pretrain.yaml --out {d}/r"),
@@ -164,7 +167,8 @@ def d(tmp_path_factory) -> Path:
                "distance": "algo: protonet\ndistance: cosine\n", "pretrain": "algo: finetune\npretrain_classes: 5\n",
                "grad-clip": "grad_clip: 0\n", "ragged": "ragged_queries: true\n",
                "dropout": "dropout: 0.3\n", "ema": "ema: 1\n",
-               "lr-decay": "lr_decay: 2\n"}
+               "lr-decay": "lr_decay: 2\n", "pooling": "pooling: max\n",
+               "channels": "algo: relation\nchannels: 128\n"}
     for name, text in configs.items():
         (d / f"{name}.yaml").write_text(text)
     (d / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01")

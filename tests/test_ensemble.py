@@ -85,10 +85,12 @@ def test_ensemble_refuses_regression_members_and_mismatched_sizes():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two tiny ProtoNet runs on the same split at 28 and 32 px, and a sinusoid run."""
+    """Two tiny ProtoNet runs on the same split, at 28 px and at 32 px with a narrower, flattened net, and a
+    sinusoid run."""
     root = tmp_path_factory.mktemp("ensemble")
     Trainer(tiny_protonet(steps=1), root / "p28", progress=False).run()
-    Trainer(tiny_protonet(steps=1, image_size=32, seed=1), root / "p32", progress=False).run()
+    Trainer(tiny_protonet(steps=1, image_size=32, seed=1, channels=8, pooling="flatten"), root / "p32",
+            progress=False).run()
     Trainer(tiny_sinusoid(steps=1), root / "sinusoid", progress=False).run()
     return root
 
@@ -96,6 +98,7 @@ def runs(tmp_path_factory):
 def test_load_ensemble_draws_episodes_at_the_largest_size_and_refuses_another_split(runs):
     ensemble, configs = load_ensemble([runs / "p28", runs / "p32"])
     assert configs[0].image_size == 32 and ensemble.sizes == [28, 32] and len(ensemble.members) == 2
+    assert ensemble.members[1].encoder.embedding_dim == 8 * 2 * 2    # 32 px: a 2x2 map of 8 channels, flattened
     for member, run in zip(ensemble.members, ("p28", "p32")):
         alone, _ = load_learner(runs / run)
         assert all(torch.equal(a, b) for a, b in zip(member.state_dict().values(), alone.state_dict().values()))

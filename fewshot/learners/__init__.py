@@ -16,7 +16,7 @@ from fewshot.learners.siamese import SiameseNet
 from fewshot.nets import MLP, Conv4, FingerprintMLP, GraphNet
 
 __all__ = ["Learner", "GradientLearner", "Reptile", "ProtoNet", "MatchingNet", "RelationNet", "SiameseNet",
-           "FineTune", "RandomForest", "build_learner", "molecule_net"]
+           "FineTune", "RandomForest", "build_learner", "conv_net", "molecule_net"]
 
 
 def molecule_net(config: RunConfig, out_features: int | None = None) -> nn.Module:
@@ -28,31 +28,36 @@ def molecule_net(config: RunConfig, out_features: int | None = None) -> nn.Modul
     return FingerprintMLP(config.input_dim, config.hidden, config.embedding_dim, out_features, config.dropout)
 
 
+def conv_net(config: RunConfig, out_features: int | None = None) -> Conv4:
+    """The image encoder of a run: ``[B, 1, S, S] -> [B, embedding_dim]`` (or ``[B, out_features]``)."""
+    return Conv4(hidden=config.channels, out_features=out_features, variant=config.net.removeprefix("conv4-"),
+                 norm=config.norm, pooling=config.pooling, image_size=config.image_size)
+
+
 def build_learner(config: RunConfig) -> Learner:
     """The learner and network a run config asks for (fresh, randomly initialised)."""
     if config.dataset in MOLECULE_DATASETS:
         return _molecule_learner(config)
-    variant = config.net.removeprefix("conv4-")
     if config.algo == "protonet":
-        return ProtoNet(Conv4(variant=variant, norm=config.norm), config.distance)
+        return ProtoNet(conv_net(config), config.distance)
     if config.algo in ("matching", "matching-fce"):
-        return MatchingNet(Conv4(variant=variant, norm=config.norm), fce=config.algo == "matching-fce")
+        return MatchingNet(conv_net(config), fce=config.algo == "matching-fce")
     if config.algo == "relation":   # the paper's own encoder: 64x7x7 feature maps on 28x28 inputs
         return RelationNet(relation_encoder(norm=config.norm), RelationModule(spatial=config.image_size // 4,
                                                                               norm=config.norm))
     if config.algo == "siamese":
-        return SiameseNet(Conv4(variant=variant, norm=config.norm), config.distance, margin=config.margin)
+        return SiameseNet(conv_net(config), config.distance, margin=config.margin)
     if config.algo == "finetune":
         if config.pretrain_classes is None:
             raise ValueError("finetune needs pretrain_classes (the number of training classes), set when a run starts")
-        return FineTune(Conv4(variant=variant, norm=config.norm), config.pretrain_classes,
+        return FineTune(conv_net(config), config.pretrain_classes,
                         head_steps=config.inner_steps, head_lr=config.inner_lr)
     if config.train_ways not in (None, config.ways):
         raise ValueError(f"{config.algo} has a {config.ways}-way output head; train_ways must equal ways")
     if config.dataset == "sinusoid":
         net, task = MLP(1, (40, 40), 1), "regression"
     else:
-        net, task = Conv4(out_features=config.ways, variant=variant, norm=config.norm), "classification"
+        net, task = conv_net(config, out_features=config.ways), "classification"
     return _gradient_learner(config, net, task)
 
 

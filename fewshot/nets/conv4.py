@@ -9,6 +9,7 @@ from torch import nn
 
 Variant = Literal["pool", "strided"]
 Norm = Literal["batch", "none"]
+Pooling = Literal["mean", "flatten"]
 
 
 def conv_block(in_channels: int, out_channels: int, variant: Variant, norm: Norm) -> nn.Sequential:
@@ -28,13 +29,25 @@ def conv_block(in_channels: int, out_channels: int, variant: Variant, norm: Norm
     return nn.Sequential(*layers)
 
 
+def output_side(image_size: int, variant: Variant) -> int:
+    """Side of the last feature map for ``image_size`` inputs: halved (rounded down by a 2x2 max-pool, up by a
+    padded stride-2 convolution) by each of the four blocks."""
+    side = image_size
+    for _ in range(4):
+        side = side // 2 if variant == "pool" else (side + 1) // 2
+    return side
+
+
 class Conv4(nn.Module):
-    """Four conv blocks of ``hidden`` filters, spatially averaged, and an optional linear head.
+    """Four conv blocks of ``hidden`` filters, then the last feature map as a vector, and an optional linear head.
 
     ``variant="pool"`` is the max-pool network of Prototypical Networks (Snell et al. 2017);
     ``variant="strided"`` the stride-2 network of MAML on Omniglot (Finn et al. 2017). With
-    28x28 inputs the pool variant ends at 1x1 and the strided one at 2x2; both are averaged
-    to a ``hidden``-dim feature.
+    28x28 inputs the pool variant ends at 1x1 and the strided one at 2x2.
+
+    ``pooling="mean"`` averages the last map over space (a ``hidden``-dim feature); ``pooling="flatten"``
+    keeps its layout (``hidden * s * s`` with ``s = output_side(image_size, variant)``), as Snell et al. do on
+    larger images: at 56x56 the pool variant ends at 3x3, whose average would discard where the strokes are.
 
     Args:
         in_channels: image channels (1 for Omniglot).
@@ -42,25 +55,31 @@ class Conv4(nn.Module):
         out_features: size of the linear head (the ways); ``None`` for an embedding network.
         variant: ``"pool"`` or ``"strided"``.
         norm: ``"batch"`` (per-batch statistics, see :func:`conv_block`) or ``"none"``.
+        pooling: ``"mean"`` or ``"flatten"``.
+        image_size: the input side, which sets the flattened width (``pooling="flatten"`` only).
 
-    Shapes: ``x [B, C, H, W]`` -> ``[B, out_features]`` (or ``[B, hidden]`` without a head).
+    Shapes: ``x [B, C, H, W]`` -> ``[B, out_features]`` (or ``[B, embedding_dim]`` without a head).
     """
 
     def __init__(self, in_channels: int = 1, hidden: int = 64, out_features: int | None = None,
-                 variant: Variant = "pool", norm: Norm = "batch"):
+                 variant: Variant = "pool", norm: Norm = "batch", pooling: Pooling = "mean", image_size: int = 28):
         super().__init__()
         if variant not in ("pool", "strided"):
             raise ValueError(f"unknown Conv4 variant {variant!r}; use 'pool' or 'strided'")
         if norm not in ("batch", "none"):
             raise ValueError(f"unknown norm {norm!r}; use 'batch' or 'none'")
+        if pooling not in ("mean", "flatten"):
+            raise ValueError(f"unknown pooling {pooling!r}; use 'mean' or 'flatten'")
         self.features = nn.Sequential(
             *(conv_block(in_channels if i == 0 else hidden, hidden, variant, norm) for i in range(4)))
-        self.head = nn.Linear(hidden, out_features) if out_features else None
-        self.embedding_dim = hidden
+        self.pooling = pooling
+        self.embedding_dim = hidden * (output_side(image_size, variant) ** 2 if pooling == "flatten" else 1)
+        self.head = nn.Linear(self.embedding_dim, out_features) if out_features else None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` -> ``[B, hidden]``."""
-        return self.features(x).mean(dim=(2, 3))
+        """``[B, C, H, W]`` -> ``[B, embedding_dim]``."""
+        maps = self.features(x)
+        return maps.flatten(1) if self.pooling == "flatten" else maps.mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.embed(x)
