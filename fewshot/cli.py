@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     _episode_flags(ev)
     ev.add_argument("--episodes", type=_positive_int, help="episodes to average (default 600)")
     ev.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
+    ev.add_argument("--within-alphabet", action="store_true",
+                    help="omniglot: draw each episode's classes from one alphabet, as the Lake one-shot runs do "
+                         "(with --ways 20: the runs' task on as many episodes as --episodes)")
     ev.add_argument("--json", action="store_true", help="print the result as one JSON line")
     ev.add_argument("--ensemble", nargs="+", metavar="RUN_DIR",
                     help="score RUN_DIR together with these runs, averaging their class probabilities (runs "
@@ -287,9 +290,12 @@ def _eval(args: argparse.Namespace) -> None:
         raise ValueError(f"{head[1]} run {head[0]} has a {cfg.ways}-way head; evaluate with --ways {cfg.ways}")
     seed = args.seed if args.seed is not None else 0
     name, tasks = test_tasks(cfg, args.split, args.data_root, ways=args.ways, shots=args.shots,
-                             queries=args.queries, seed=seed)
+                             queries=args.queries, seed=seed, within_alphabet=args.within_alphabet)
     res = evaluate(learner, tasks, args.episodes or 600, inner_steps=steps, progress=not args.json)
     summary = _summary(res, cfg.dataset, name, args.ways or cfg.ways, args.shots or cfg.shots)
+    if args.within_alphabet:
+        summary["within_alphabet"] = True
+        name += ", within one alphabet"
     if args.json:
         print(json.dumps(summary))
     else:

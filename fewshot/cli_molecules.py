@@ -51,7 +51,8 @@ def evaluate_run(args: argparse.Namespace, learner, cfg, steps: int | None) -> N
     """``fewshot eval RUN_DIR`` of a molecule run: mean ± standard error over tasks of ΔAUPRC (FS-Mol) or ROC-AUC,
     with ``steps`` test-time inner steps (``None``: each learner's own)."""
     image_flags = [f for f, v in (("--ways", args.ways), ("--shots", args.shots), ("--queries", args.queries),
-                                  ("--episodes", args.episodes)) if v is not None]
+                                  ("--episodes", args.episodes), ("--within-alphabet", args.within_alphabet or None))
+                   if v is not None]
     if image_flags:
         raise ValueError(f"molecule runs are evaluated on every task with --support-size or --support-pos/"
                          f"--support-neg and --draws; drop {', '.join(image_flags)}")

@@ -111,6 +111,8 @@ CASES = [
     Case("eval-other-architecture", "eval of a checkpoint from a different architecture",
          "eval {d}/other-architecture"),
     Case("eval-maml-ways", "eval of a 1-way MAML head with 5 ways", "eval {d}/sinusoid --ways 5"),
+    Case("eval-within-alphabet-sinusoid", "episodes within one alphabet of a sinusoid run",
+         "eval {d}/sinusoid --within-alphabet"),
     Case("eval-ensemble-split", "an ensemble of runs trained on different data", "eval {d}/proto --ensemble {d}/sinusoid"),
     Case("eval-other-dataset", "eval of an Omniglot run on sinusoid", "eval {d}/proto --dataset sinusoid"),
 ]

@@ -79,6 +79,24 @@ def test_eval_json_on_omniglot(protonet_run, capsys):
     assert result["split"] == "background:test" and result["ways"] == 3 and result["dataset"] == "omniglot"
 
 
+def test_eval_within_one_alphabet_draws_each_episode_from_one_held_out_alphabet(protonet_run, capsys):
+    from fewshot.tasks.sources import test_tasks
+    from fewshot.train import load_learner
+
+    _, cfg = load_learner(protonet_run)
+    _, mixed = test_tasks(cfg, ways=5)
+    _, within = test_tasks(cfg, ways=5, within_alphabet=True)
+    groups = within.data.class_groups
+    alphabets = [{groups[c] for c in within.episode_classes(i)} for i in range(20)]
+    assert all(len(a) == 1 for a in alphabets) and set().union(*alphabets) <= set(cfg.test_alphabets)
+    assert any(len({groups[c] for c in mixed.episode_classes(i)}) > 1 for i in range(20))
+    code, out, err = cli(["eval", protonet_run, "--json", "--episodes", "3", "--ways", "5", "--within-alphabet"],
+                         capsys)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["within_alphabet"] is True and set(result) == SUMMARY_KEYS | {"within_alphabet"}
+
+
 def fewshot_script() -> str:
     script = Path(sys.executable).parent / "fewshot"
     return str(script) if script.is_file() else shutil.which("fewshot")

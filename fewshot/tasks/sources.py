@@ -141,12 +141,15 @@ def val_tasks(config: RunConfig) -> Dataset:
 
 def test_tasks(config: RunConfig, split: str | None = None, data_root: str | None = None, *,
                ways: int | None = None, shots: int | None = None, queries: int | None = None,
-               seed: int = 0) -> tuple[str, Dataset]:
-    """The evaluation episodes (name of the data, task source); ``seed`` fixes the episodes."""
+               seed: int = 0, within_alphabet: bool = False) -> tuple[str, Dataset]:
+    """The evaluation episodes (name of the data, task source); ``seed`` fixes the episodes; with
+    ``within_alphabet`` (omniglot), each episode's classes come from one alphabet."""
     ways, shots, queries = ways or config.ways, shots or config.shots, queries or config.queries
     if config.dataset == "sinusoid":
         if split not in (None, "test"):
             raise ValueError(f"sinusoid tasks have no splits (got --split {split}); drop --split")
+        if within_alphabet:
+            raise ValueError("sinusoid tasks have no alphabets; drop --within-alphabet")
         return "sinusoid", SinusoidTasks(shots, queries, seed=seed)
     name, data = eval_data(config, split, data_root)
-    return name, ClassificationTasks(data, ways, shots, queries, seed=seed)
+    return name, ClassificationTasks(data, ways, shots, queries, seed=seed, within_group=within_alphabet)
