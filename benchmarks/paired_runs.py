@@ -52,7 +52,8 @@ def main() -> None:
         raise SystemExit(f"paired_runs.py: error: {e}") from None
     (metric, a), (_, b) = scores
     if a.keys() != b.keys():
-        raise SystemExit(f"the runs were scored on different tasks ({len(a)} vs {len(b)}); compare runs of one dataset")
+        raise SystemExit(f"paired_runs.py: error: the runs were scored on different tasks ({len(a)} vs {len(b)}); "
+                         "compare runs of one dataset")
     diff = torch.tensor([a[t] - b[t] for t in a], dtype=torch.float64)
     for name, values in ((args.run_a, a), (args.run_b, b)):
         print(f"{name}: {metric} {sum(values.values()) / len(values):.4f} over {len(values)} tasks")
