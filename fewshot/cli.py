@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--within-alphabet", action="store_true",
                     help="omniglot: draw each episode's classes from one alphabet, as the Lake one-shot runs do "
                          "(with --ways 20: the runs' task on as many episodes as --episodes)")
+    ev.add_argument("--augment-support", type=_positive_int, metavar="COPIES",
+                    help="images: join each support image with COPIES randomly distorted copies of itself (Koch "
+                         "et al.'s affine distortions), same label, before adapting (test-time augmentation)")
     ev.add_argument("--json", action="store_true", help="print the result as one JSON line")
     ev.add_argument("--ensemble", nargs="+", metavar="RUN_DIR",
                     help="score RUN_DIR together with these runs, averaging their class probabilities (runs "
@@ -296,6 +299,9 @@ def _eval(args: argparse.Namespace) -> None:
     if args.within_alphabet:
         summary["within_alphabet"] = True
         name += ", within one alphabet"
+    if args.augment_support:
+        summary["augment_support"] = args.augment_support
+        name += f", support + {args.augment_support} distorted copies"
     if args.json:
         print(json.dumps(summary))
     else:
@@ -306,13 +312,21 @@ def _eval(args: argparse.Namespace) -> None:
 def _load_runs(args: argparse.Namespace) -> tuple[Any, list, int | None]:
     """The learner ``fewshot eval`` scores (an ensemble with ``--ensemble``), the runs' configs (the first
     is the one episodes are drawn from) and the test-time inner steps (``None``: each run's own)."""
+    from fewshot.learners.augmented import SupportAugmented
     from fewshot.train import load_ensemble, load_learner
 
     if args.ensemble:
         learner, configs = load_ensemble([Path(args.run_dir), *map(Path, args.ensemble)], args.checkpoint)
-        return learner, configs, args.inner_steps
-    learner, cfg = load_learner(Path(args.run_dir), args.checkpoint)
-    return learner, [cfg], args.inner_steps if args.inner_steps is not None else cfg.test_inner_steps
+        steps = args.inner_steps
+    else:
+        learner, cfg = load_learner(Path(args.run_dir), args.checkpoint)
+        configs, steps = [cfg], args.inner_steps if args.inner_steps is not None else cfg.test_inner_steps
+    if args.augment_support:
+        if configs[0].dataset != "omniglot":
+            raise ValueError(f"--augment-support distorts images; run {args.run_dir} is a {configs[0].dataset} run, "
+                             "so drop the flag")
+        learner = SupportAugmented(learner, args.augment_support, args.seed or 0)
+    return learner, configs, steps
 
 
 def _fixed_head(args: argparse.Namespace, configs: list) -> tuple[str, str] | None:
@@ -361,6 +375,8 @@ def _eval_benchmark(args: argparse.Namespace) -> None:
               f"checked against this run's training classes.{trained_on}", file=sys.stderr)
     result = lake_error(learner, runs, inner_steps=steps)
     summary = {"benchmark": args.benchmark, **result, "ways": max(ways), "shots": 1, "source": str(source)}
+    if args.augment_support:
+        summary["augment_support"] = args.augment_support
     if args.json:
         print(json.dumps(summary))
     else:

@@ -113,6 +113,8 @@ CASES = [
     Case("eval-maml-ways", "eval of a 1-way MAML head with 5 ways", "eval {d}/sinusoid --ways 5"),
     Case("eval-within-alphabet-sinusoid", "episodes within one alphabet of a sinusoid run",
          "eval {d}/sinusoid --within-alphabet"),
+    Case("eval-augment-support-sinusoid", "distorted support copies for a sinusoid run",
+         "eval {d}/sinusoid --augment-support 4"),
     Case("eval-ensemble-split", "an ensemble of runs trained on different data", "eval {d}/proto --ensemble {d}/sinusoid"),
     Case("eval-other-dataset", "eval of an Omniglot run on sinusoid", "eval {d}/proto --dataset sinusoid"),
 ]

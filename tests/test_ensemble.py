@@ -116,3 +116,20 @@ def test_cli_eval_scores_an_ensemble_on_episodes_and_on_the_lake_runs(runs, tmp_
     code, out, err = cli(["eval", runs / "p28", "--ensemble", runs / "p32", "--benchmark", "omniglot-lake-runs",
                           "--data-root", tmp_path], capsys)
     assert code == 0 and out.startswith("error: ") and "2 runs" in out and "each run's own inner steps" in out, err
+
+
+def test_cli_eval_with_distorted_support_copies_on_episodes_and_on_the_lake_runs(runs, tmp_path, capsys):
+    code, out, err = cli(["eval", runs / "p28", "--ensemble", runs / "p32", "--augment-support", "2", "--episodes", "3",
+                          "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["augment_support"] == 2 and result["episodes"] == 3 and 0 <= result["mean"] <= 1
+    test_alphabets = yaml.safe_load((runs / "p28" / "config.yaml").read_text())["test_alphabets"]
+    write_lake_runs(tmp_path / "omniglot", BACKGROUND, test_alphabets, runs=2)
+    code, out, err = cli(["eval", runs / "p28", "--augment-support", "3", "--benchmark", "omniglot-lake-runs",
+                          "--data-root", tmp_path, "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["augment_support"] == 3 and result["runs"] == 2 and result["metric"] == "error"
+    code, out, err = cli(["eval", runs / "p28", "--augment-support", "3", "--episodes", "2"], capsys)
+    assert code == 0 and "support + 3 distorted copies" in out, err
