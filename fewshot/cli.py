@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(with --ways 20: the runs' task on as many episodes as --episodes)")
     ev.add_argument("--augment-support", type=_positive_int, metavar="COPIES",
                     help="images: join each support image with COPIES randomly distorted copies of itself (Koch "
-                         "et al.'s affine distortions), same label, before adapting (test-time augmentation)")
+                         "et al.'s affine distortions, drawn from --seed), same label, before adapting (test-time "
+                         "augmentation)")
     ev.add_argument("--json", action="store_true", help="print the result as one JSON line")
     ev.add_argument("--ensemble", nargs="+", metavar="RUN_DIR",
                     help="score RUN_DIR together with these runs, averaging their class probabilities (runs "
@@ -310,8 +311,9 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _load_runs(args: argparse.Namespace) -> tuple[Any, list, int | None]:
-    """The learner ``fewshot eval`` scores (an ensemble with ``--ensemble``), the runs' configs (the first
-    is the one episodes are drawn from) and the test-time inner steps (``None``: each run's own)."""
+    """The learner ``fewshot eval`` scores (an ensemble with ``--ensemble``; adapting on distorted support copies
+    too with ``--augment-support``), the runs' configs (the first is the one episodes are drawn from) and the
+    test-time inner steps (``None``: each run's own)."""
     from fewshot.learners.augmented import SupportAugmented
     from fewshot.train import load_ensemble, load_learner
 
@@ -380,9 +382,10 @@ def _eval_benchmark(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(summary))
     else:
+        copies = f", support + {args.augment_support} distorted copies" if args.augment_support else ""
         print(f"error: {result['mean']:.4f} ± {result['ci95']:.4f} ({result['runs']} runs, "
-              f"{'/'.join(map(str, sorted(ways)))}-way 1-shot within one alphabet, {args.benchmark} from {source}, "
-              f"{_steps_text(steps)})")
+              f"{'/'.join(map(str, sorted(ways)))}-way 1-shot within one alphabet, {args.benchmark} from {source}"
+              f"{copies}, {_steps_text(steps)})")
 
 
 def _download(args: argparse.Namespace) -> None:

@@ -131,5 +131,8 @@ def test_cli_eval_with_distorted_support_copies_on_episodes_and_on_the_lake_runs
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["augment_support"] == 3 and result["runs"] == 2 and result["metric"] == "error"
+    code, out, err = cli(["eval", runs / "p28", "--augment-support", "3", "--benchmark", "omniglot-lake-runs",
+                          "--data-root", tmp_path], capsys)
+    assert code == 0 and out.startswith("error: ") and "support + 3 distorted copies" in out, err
     code, out, err = cli(["eval", runs / "p28", "--augment-support", "3", "--episodes", "2"], capsys)
     assert code == 0 and "support + 3 distorted copies" in out, err
