@@ -276,8 +276,7 @@ def _summary(res, dataset: str, split: str, ways: int, shots: int) -> dict:
 
 def _eval(args: argparse.Namespace) -> None:
     from fewshot.evaluate import evaluate
-    from fewshot.tasks.sources import test_tasks
-    from fewshot.train import load_learner
+    from fewshot.tasks.sources import character, check_held_out_by_all, test_tasks
 
     if args.benchmark is not None:
         return _eval_benchmark(args)
@@ -295,6 +294,10 @@ def _eval(args: argparse.Namespace) -> None:
     seed = args.seed if args.seed is not None else 0
     name, tasks = test_tasks(cfg, args.split, args.data_root, ways=args.ways, shots=args.shots,
                              queries=args.queries, seed=seed, within_alphabet=args.within_alphabet)
+    if args.ensemble and cfg.dataset == "omniglot":
+        check_held_out_by_all(list(zip(args.ensemble, configs[1:])), {character(c) for c in tasks.data.class_names},
+                              name, "score the ensemble on the test alphabets its runs share (drop --split)",
+                              args.data_root)
     res = evaluate(learner, tasks, args.episodes or 600, inner_steps=steps, progress=not args.json)
     summary = _summary(res, cfg.dataset, name, args.ways or cfg.ways, args.shots or cfg.shots)
     if args.within_alphabet:
@@ -318,7 +321,7 @@ def _load_runs(args: argparse.Namespace) -> tuple[Any, list, int | None]:
     from fewshot.train import load_ensemble, load_learner
 
     if args.ensemble:
-        learner, configs = load_ensemble([Path(args.run_dir), *map(Path, args.ensemble)], args.checkpoint)
+        learner, configs = load_ensemble([Path(d) for d in _run_dirs(args)], args.checkpoint)
         steps = args.inner_steps
     else:
         learner, cfg = load_learner(Path(args.run_dir), args.checkpoint)
@@ -331,11 +334,15 @@ def _load_runs(args: argparse.Namespace) -> tuple[Any, list, int | None]:
     return learner, configs, steps
 
 
+def _run_dirs(args: argparse.Namespace) -> list[str]:
+    """The run directories being scored: RUN_DIR and those of ``--ensemble``."""
+    return [args.run_dir, *(args.ensemble or [])]
+
+
 def _fixed_head(args: argparse.Namespace, configs: list) -> tuple[str, str] | None:
     """(run directory, algo) of the first run being scored whose output head has a fixed width, if any
     (the runs of an ensemble share the first one's ways)."""
-    runs = [args.run_dir, *(args.ensemble or [])]
-    return next(((run, c.algo) for run, c in zip(runs, configs) if c.algo in GRADIENT_ALGOS), None)
+    return next(((run, c.algo) for run, c in zip(_run_dirs(args), configs) if c.algo in GRADIENT_ALGOS), None)
 
 
 def _steps_text(steps: int | None) -> str:
@@ -345,7 +352,7 @@ def _steps_text(steps: int | None) -> str:
 def _eval_benchmark(args: argparse.Namespace) -> None:
     """``fewshot eval RUN_DIR --benchmark omniglot-lake-runs``: the mean one-shot error over Lake's runs."""
     from fewshot.datasets.lake_runs import find_lake_runs, lake_error, load_lake_runs
-    from fewshot.tasks.sources import character, omniglot_part
+    from fewshot.tasks.sources import check_held_out_by_all
 
     fixed = [flag for flag, value in (("--split", args.split), ("--ways", args.ways), ("--shots", args.shots),
                                       ("--queries", args.queries), ("--dataset", args.dataset)) if value is not None]
@@ -363,12 +370,9 @@ def _eval_benchmark(args: argparse.Namespace) -> None:
         raise ValueError(f"{head[1]} run {head[0]} has a {cfg.ways}-way head but the runs are "
                          f"{'/'.join(map(str, sorted(ways)))}-way; train it with --ways 20")
     if all(run.characters is not None for run in runs):
-        seen = {character(c) for c in omniglot_part(cfg, "train").class_names}
-        overlap = sorted(seen & {c for run in runs for c in run.characters})
-        if overlap:
-            raise ValueError(f"the runs in {source} share {len(overlap)} characters with this run's training classes "
-                             f"(e.g. {overlap[0]}); build them from held-out alphabets "
-                             "(python benchmarks/make_lake_runs.py --data-root DIR)")
+        check_held_out_by_all(list(zip(_run_dirs(args), configs)), {c for run in runs for c in run.characters},
+                              f"the runs in {source}", "build them from held-out alphabets "
+                              "(python benchmarks/make_lake_runs.py --data-root DIR)")
     else:
         trained_on = "" if cfg.split == "background" else (
             f" This run trained on {cfg.split}, which holds evaluation-set alphabets, the source of the official "

@@ -95,10 +95,12 @@ def load_learner(run_dir: Path, checkpoint: str = "best") -> tuple[Learner, RunC
     return learner, config
 
 
-#: What runs must share to be scored as one ensemble: the data split, so that every member's held-out
-#: classes or tasks are the episodes'; for molecules the features; for heads of fixed width the ways.
-ENSEMBLE_SHARED = ("dataset", "split", "val_alphabets", "test_alphabets", "holdout_val", "holdout_test", "test_tasks")
-ENSEMBLE_SHARED_MOLECULES = ("featurizer", "fp_radius", "fp_size", "fp_counts")
+#: What runs must share to be scored as one ensemble: the data split and its test part, so that every member's
+#: held-out test classes or tasks are the episodes'; for molecules the validation tasks and the features; for
+#: heads of fixed width the ways. Omniglot members may hold out different validation alphabets (one may train on
+#: alphabets another validates on: :func:`fewshot.tasks.sources.check_held_out_by_all` refuses those for them).
+ENSEMBLE_SHARED = ("dataset", "split", "test_alphabets", "holdout_test", "test_tasks")
+ENSEMBLE_SHARED_MOLECULES = ("holdout_val", "featurizer", "fp_radius", "fp_size", "fp_counts")
 
 
 def load_ensemble(run_dirs: Sequence[Path], checkpoint: str = "best") -> tuple[Ensemble, list[RunConfig]]:

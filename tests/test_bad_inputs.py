@@ -116,6 +116,8 @@ CASES = [
     Case("eval-augment-support-sinusoid", "distorted support copies for a sinusoid run",
          "eval {d}/sinusoid --augment-support 4"),
     Case("eval-ensemble-split", "an ensemble of runs trained on different data", "eval {d}/proto --ensemble {d}/sinusoid"),
+    Case("eval-ensemble-trained-on", "an ensemble scored on validation alphabets one of its runs trained on",
+         "eval {d}/proto --ensemble {d}/proto-v1 --split val"),
     Case("eval-other-dataset", "eval of an Omniglot run on sinusoid", "eval {d}/proto --dataset sinusoid"),
 ]
 
@@ -177,6 +179,7 @@ def d(tmp_path_factory) -> Path:
         (d / f"{name}.yaml").write_text(text)
     (d / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01")
     Trainer(tiny_protonet(steps=1), d / "proto", progress=False).run()
+    Trainer(tiny_protonet(steps=1, holdout_val=1), d / "proto-v1", progress=False).run()
     Trainer(tiny_sinusoid(steps=1), d / "sinusoid", progress=False).run()
     Trainer(tiny_protonet(algo="maml", net="conv4-strided", train_ways=None, steps=1, inner_steps=1),
             d / "maml", progress=False).run()

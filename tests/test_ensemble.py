@@ -85,13 +85,14 @@ def test_ensemble_refuses_regression_members_and_mismatched_sizes():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two tiny ProtoNet runs on the same split, at 28 px and at 32 px with a narrower, flattened net, and a
-    sinusoid run."""
+    """Two tiny ProtoNet runs on the same split, at 28 px and at 32 px with a narrower, flattened net, a
+    sinusoid run, and a ProtoNet run that holds out one validation alphabet, not three (so trains on two more)."""
     root = tmp_path_factory.mktemp("ensemble")
     Trainer(tiny_protonet(steps=1), root / "p28", progress=False).run()
     Trainer(tiny_protonet(steps=1, image_size=32, seed=1, channels=8, pooling="flatten"), root / "p32",
             progress=False).run()
     Trainer(tiny_sinusoid(steps=1), root / "sinusoid", progress=False).run()
+    Trainer(tiny_protonet(steps=1, holdout_val=1, seed=2), root / "p28v1", progress=False).run()
     return root
 
 
@@ -136,3 +137,25 @@ def test_cli_eval_with_distorted_support_copies_on_episodes_and_on_the_lake_runs
     assert code == 0 and out.startswith("error: ") and "support + 3 distorted copies" in out, err
     code, out, err = cli(["eval", runs / "p28", "--augment-support", "3", "--episodes", "2"], capsys)
     assert code == 0 and "support + 3 distorted copies" in out, err
+
+
+def test_runs_holding_out_other_validation_alphabets_join_but_are_not_scored_on_what_one_trained_on(runs, tmp_path,
+                                                                                                 capsys):
+    first, other = (yaml.safe_load((runs / r / "config.yaml").read_text()) for r in ("p28", "p28v1"))
+    assert first["test_alphabets"] == other["test_alphabets"] and len(first["val_alphabets"]) == 3
+    trained_by_other = sorted(set(first["val_alphabets"]) - set(other["val_alphabets"]))
+    assert len(trained_by_other) == 2
+    code, out, err = cli(["eval", runs / "p28", "--ensemble", runs / "p28v1", "--episodes", "2", "--json"], capsys)
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["episodes"] == 2, err
+    code, out, err = cli(["eval", runs / "p28", "--ensemble", runs / "p28v1", "--split", "val", "--episodes", "2"],
+                         capsys)
+    assert code != 0 and "p28v1" in err and "training classes" in err and "drop --split" in err
+    assert any(alphabet in err for alphabet in trained_by_other) and "Traceback" not in err
+    code, out, err = cli(["eval", runs / "p28", "--split", "val", "--episodes", "2"], capsys)
+    assert code == 0, err
+    write_lake_runs(tmp_path / "omniglot", BACKGROUND, first["val_alphabets"], runs=3)
+    code, out, err = cli(["eval", runs / "p28", "--benchmark", "omniglot-lake-runs", "--data-root", tmp_path], capsys)
+    assert code == 0, err
+    code, out, err = cli(["eval", runs / "p28", "--ensemble", runs / "p28v1", "--benchmark", "omniglot-lake-runs",
+                          "--data-root", tmp_path], capsys)
+    assert code != 0 and "p28v1" in err and "make_lake_runs.py" in err and "Traceback" not in err

@@ -10,7 +10,7 @@ Molecule datasets are delegated to :mod:`fewshot.tasks.molecule_sources`.
 from __future__ import annotations
 
 import random
-from typing import Literal
+from typing import Literal, Sequence
 
 from torch.utils.data import Dataset
 
@@ -88,6 +88,26 @@ def character(class_name: str) -> str:
     return "/".join(class_name.split("/")[:2])
 
 
+def trained_characters(config: RunConfig, data_root: str | None = None) -> set[str]:
+    """``"Alphabet/characterNN"`` of every character the run trained on."""
+    return {character(c) for c in omniglot_part(config, "train", data_root).class_names}
+
+
+def check_held_out_by_all(runs: Sequence[tuple[str, RunConfig]], characters: set[str], what: str, fix: str,
+                          data_root: str | None = None) -> None:
+    """Refuse to score runs on ``characters`` (``"Alphabet/characterNN"``) that any of them trained on.
+
+    The runs of an ensemble share their test alphabets but may hold out different validation alphabets, so
+    held-out data of the first run may be training data of another; ``what`` names the data and ``fix`` says
+    what to do instead.
+    """
+    for run, config in runs:
+        overlap = sorted(trained_characters(config, data_root) & characters)
+        if overlap:
+            raise ValueError(f"{what} shares {len(overlap)} characters with the training classes of run {run} "
+                             f"(e.g. {overlap[0]}); {fix}")
+
+
 def eval_data(config: RunConfig, split: str | None, data_root: str | None) -> tuple[str, LabelledData]:
     """The data ``fewshot eval --split`` names, checked to share no character with training.
 
@@ -101,8 +121,7 @@ def eval_data(config: RunConfig, split: str | None, data_root: str | None) -> tu
     else:
         rotations = config.rotations if split.startswith("vinyals") else False
         name, data = split, load_omniglot(split, data_root or config.data_root, config.image_size, rotations)
-        seen = {character(c) for c in omniglot_part(config, "train", data_root).class_names}
-        overlap = seen & {character(c) for c in data.class_names}
+        overlap = trained_characters(config, data_root) & {character(c) for c in data.class_names}
         if overlap:
             raise ValueError(f"split {split!r} shares {len(overlap)} characters with this run's training "
                              f"classes (e.g. {sorted(overlap)[0]}); evaluate on held-out classes "
