@@ -109,8 +109,8 @@ def load_ensemble(run_dirs: Sequence[Path], checkpoint: str = "best") -> tuple[E
     one to draw the episodes from.
 
     Raises:
-        RunError: a run that does not share the first one's data split, features or (gradient learners)
-            ways; the message names the setting.
+        RunError: a run that does not share the first one's data split and test part (:data:`ENSEMBLE_SHARED`),
+            features or (gradient learners) ways; the message names the setting.
     """
     learners, configs = zip(*(load_learner(Path(d), checkpoint) for d in run_dirs))
     first = configs[0]
