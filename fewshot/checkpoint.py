@@ -48,10 +48,11 @@ def save_checkpoint(directory: Path, name: str, model: torch.nn.Module, optimize
     """Save model, optimizer, the JSON-able ``state`` and the RNG states as checkpoint ``name``; with
     ``average`` (a :class:`torch.optim.swa_utils.AveragedModel`), its state too, under ``average/``."""
     opt_tensors, opt_plain = _optimizer_split(optimizer)
-    tensors = {f"model/{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     if average is not None:
-        tensors.update({f"average/{k}": v.detach().contiguous() for k, v in average.state_dict().items()})
+        tensors.update({f"average/{k}": v for k, v in average.state_dict().items()})
     tensors.update(opt_tensors)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}   # a model on a GPU is saved from the CPU
     tensors["rng/torch"] = torch.get_rng_state()
     blob = save_tensors(tensors)
     digest = hashlib.sha256(blob).hexdigest()

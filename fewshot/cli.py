@@ -87,6 +87,8 @@ def _episode_flags(p: argparse.ArgumentParser) -> None:
                                        "(default: $FEWSHOT_DATA_ROOT, then the embedded background set)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice; use 1 "
                                                        "when other jobs share the cores)")
+    p.add_argument("--device", default="cpu", help="where torch computes: cpu (default), cuda, cuda:N or mps; "
+                                                   "episodes are drawn on the CPU either way")
     p.add_argument("--support-size", type=_positive_int, help="molecules: support molecules per task, stratified "
                                                             "by the task's active fraction (FS-Mol: 16, 32, 64, 128)")
     p.add_argument("--support-pos", type=_positive_int, help="molecules: exactly this many actives in the support "
@@ -245,7 +247,7 @@ def _train_in_group(args: argparse.Namespace) -> None:
         dataset = flags["dataset"] or file_values.get("dataset", "omniglot")
         out = f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{algo}-{dataset}"
     config = run_config(Path(out), file_values, flags)
-    trainer = Trainer(config, Path(out), progress=not args.no_progress)
+    trainer = Trainer(config, Path(out), progress=not args.no_progress, device=args.device)
     main = Ranks.current().main
     if main:
         print(f"run directory: {out}", file=sys.stderr)
@@ -258,6 +260,7 @@ def _train_in_group(args: argparse.Namespace) -> None:
     print(f"trained {result.step} steps{note}{skipped}; best validation {best}", file=sys.stderr)
     from fewshot.train import load_learner
     learner, cfg = load_learner(Path(out))
+    learner.to(args.device)
     if cfg.dataset in MOLECULE_DATASETS:
         from fewshot.cli_molecules import test_after_training
         return test_after_training(learner, cfg, Path(out))
@@ -331,7 +334,7 @@ def _load_runs(args: argparse.Namespace) -> tuple[Any, list, int | None]:
             raise ValueError(f"--augment-support distorts images; run {args.run_dir} is a {configs[0].dataset} run, "
                              "so drop the flag")
         learner = SupportAugmented(learner, args.augment_support, args.seed or 0)
-    return learner, configs, steps
+    return learner.to(args.device), configs, steps
 
 
 def _run_dirs(args: argparse.Namespace) -> list[str]:
@@ -414,6 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
+        if hasattr(args, "device"):
+            from fewshot.devices import resolve_device
+
+            args.device = resolve_device(args.device)
         {"train": _train, "eval": _eval, "download": _download, "bench": _bench}[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"fewshot {args.command}: error: {_one_line(e)}", file=sys.stderr)

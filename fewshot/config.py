@@ -45,9 +45,10 @@ class RunConfig:
     lr: float = 0.001
     lr_decay: float = 1.0              # multiply lr by this every lr_decay_every steps (Snell et al.: 0.5 per 2000)
     lr_decay_every: int = 2000
-    net: str = "conv4-pool"            # conv4-pool | conv4-strided | mlp
+    net: str = "conv4-pool"            # conv4-pool | conv4-strided | resnet12 (TADAM's ResNet-12) | mlp
     norm: str = "batch"                # batch (per-task batch statistics) | none
-    channels: int = 64                 # conv4 nets: filters per block
+    channels: int = 64                 # conv4 nets: filters per block; resnet12: the first block's width
+                                       # (the four blocks have channels x 1, 2, 4, 8; 64 is TADAM's)
     pooling: str = "mean"              # conv4 nets: the last feature map as a vector: mean (over space) |
                                        # flatten (channels x side x side; Snell et al. on larger images)
     image_size: int = 28
@@ -178,8 +179,9 @@ class RunConfig:
         if self.dataset == "sinusoid" and (self.ways, self.train_ways) not in ((1, None), (1, 1)):
             raise ValueError(f"sinusoid tasks are regression with one output; ways must be 1, got "
                              f"{self.train_ways or self.ways}")
-        if self.net not in ("conv4-pool", "conv4-strided", "mlp") + MOLECULE_NETS:
-            raise ValueError(f"unknown net {self.net!r}; choose conv4-pool, conv4-strided, mlp, fp-mlp or graph")
+        if self.net not in ("conv4-pool", "conv4-strided", "resnet12", "mlp") + MOLECULE_NETS:
+            raise ValueError(f"unknown net {self.net!r}; choose conv4-pool, conv4-strided, resnet12, mlp, fp-mlp "
+                             "or graph")
         if self.dataset in MOLECULE_DATASETS:
             self._validate_molecules()
         elif self.net in MOLECULE_NETS or self.algo == "forest":
@@ -187,7 +189,7 @@ class RunConfig:
                              f"({', '.join(MOLECULE_DATASETS)}), not {self.dataset}")
         elif (self.net == "mlp") != (self.dataset == "sinusoid"):
             raise ValueError(f"net {self.net!r} does not fit dataset {self.dataset!r}: "
-                             "use mlp for sinusoid and a conv4 net for omniglot")
+                             "use mlp for sinusoid and a conv4 net or resnet12 for omniglot")
         if self.norm not in ("batch", "none"):
             raise ValueError(f"unknown norm {self.norm!r}; choose batch or none")
         self._validate_conv()
@@ -198,10 +200,16 @@ class RunConfig:
             raise ValueError(f"unknown pooling {self.pooling!r}; choose mean or flatten")
         if self.channels < 1:
             raise ValueError(f"channels must be >= 1, got {self.channels}")
-        conv = self.net.startswith("conv4-") and self.algo != "relation"
+        if self.algo == "relation" and self.net == "resnet12":
+            raise ValueError("relation builds the paper's own encoder (64 x 7 x 7 maps on 28x28 images), not "
+                             "resnet12: drop net")
+        if self.net == "resnet12" and self.pooling != "mean":
+            raise ValueError(f"pooling {self.pooling} applies to the conv4 nets; resnet12 averages its last feature "
+                             "map over space: drop pooling")
+        conv = (self.net.startswith("conv4-") or self.net == "resnet12") and self.algo != "relation"
         if not conv and (self.pooling, self.channels) != ("mean", 64):
-            raise ValueError(f"channels and pooling shape the conv4 nets; {self.algo} with net {self.net} has "
-                             "its own encoder: drop them")
+            raise ValueError(f"channels shapes the conv4 and resnet12 nets, pooling the conv4 nets; {self.algo} "
+                             f"with net {self.net} has its own encoder: drop them")
 
     def _validate_molecules(self) -> None:
         from fewshot.datasets.featurize import FeaturizerSpec

@@ -65,7 +65,8 @@ def evaluate(learner: Learner, tasks: Dataset, episodes: int | None = 600, inner
     """Score ``learner`` on episodes ``0..episodes-1`` of ``tasks``.
 
     Args:
-        learner: any learner; it is put in eval mode and restored afterwards.
+        learner: any learner; it is put in eval mode and restored afterwards. Episodes are drawn on the CPU and
+            moved to the learner's device (:attr:`~fewshot.learners.base.Learner.device`) one at a time.
         tasks: a task source (``tasks[i]`` is an :class:`~fewshot.tasks.episode.Episode`).
         episodes: how many episodes (600 by default, the field's convention; None: all of a finite source).
         inner_steps: test-time inner steps of gradient-based learners (None: their default).
@@ -77,7 +78,7 @@ def evaluate(learner: Learner, tasks: Dataset, episodes: int | None = 600, inner
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if episodes > len(tasks):
         raise ValueError(f"asked for {episodes} episodes but the task source holds {len(tasks)}")
-    was_training = learner.training
+    was_training, device = learner.training, learner.device
     learner.eval()
     ranking = getattr(tasks, "metric", None)
     bar = tqdm(range(episodes), desc="eval", disable=None if progress else True, leave=False)
@@ -88,9 +89,10 @@ def evaluate(learner: Learner, tasks: Dataset, episodes: int | None = 600, inner
             pause_point("evaluate-episode")
             episode = tasks[i]
             if ranking is None:
-                values.append(learner.evaluate_episode(episode, steps=inner_steps))
+                values.append(learner.evaluate_episode(episode.to(device), steps=inner_steps))
             else:
-                score = _ranking_score(ranking, learner.query_outputs(episode, steps=inner_steps), episode)
+                logits = learner.query_outputs(episode.to(device), steps=inner_steps).cpu()
+                score = _ranking_score(ranking, logits, episode)
                 per_task.setdefault(tasks.episode_task(i), []).append(score)
     finally:
         learner.train(was_training)

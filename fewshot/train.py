@@ -162,10 +162,16 @@ def _better(metric: str, new: float, old: float | None) -> bool:
 
 
 class Trainer:
-    """Meta-trains ``config`` into ``run_dir`` (resuming it if it already holds a run)."""
+    """Meta-trains ``config`` into ``run_dir`` (resuming it if it already holds a run) on ``device`` (a
+    :class:`torch.device` or its name; episodes are drawn on the CPU and moved there one meta-batch at a time).
 
-    def __init__(self, config: RunConfig, run_dir: Path, progress: bool = True):
-        self.run_dir, self.progress = Path(run_dir), progress
+    The device is where the run computes, not part of what it computes, so it is not in the config: a run
+    may be resumed on another device (bit for bit only on the device it was interrupted on: GPU kernels
+    round differently, and the GPU's random state is not checkpointed)."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, progress: bool = True,
+                 device: torch.device | str = "cpu"):
+        self.run_dir, self.progress, self.device = Path(run_dir), progress, torch.device(device)
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise RunError(f"run directory {self.run_dir} is a file; pass a new or existing directory to --out")
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -174,11 +180,12 @@ class Trainer:
         resuming = (self.ckpt_dir / "last.json").is_file()
         self.config = config if resuming else fill_in(config)
         torch.manual_seed(self.config.seed)
-        self.learner = build_learner(self.config)
+        self.learner = build_learner(self.config).to(self.device)
         params = list(self.learner.parameters())
         self.optimizer = torch.optim.Adam(params, lr=self.config.lr) if params else None   # None: nothing to train
         self.average = (AveragedModel(self.learner, multi_avg_fn=get_ema_multi_avg_fn(self.config.ema),
-                                      use_buffers=True) if self.config.ema is not None and params else None)
+                                      use_buffers=True, device=self.device)
+                        if self.config.ema is not None and params else None)
         self.step, self.best_val, self._saved_step, self.skipped = 0, None, None, 0
         if (self.ckpt_dir / "last.json").is_file():
             self._restore()
@@ -285,7 +292,7 @@ class Trainer:
         self.learner.train()
         first = self.step * cfg.meta_batch
         mine = task_slice(cfg.meta_batch, self.ranks.rank, self.ranks.world)
-        batch = stack_episodes([self.train_tasks[first + t] for t in mine])
+        batch = stack_episodes([self.train_tasks[first + t] for t in mine]).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         params = list(self.learner.parameters())
         with torch.autocast(params[0].device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import pytest
+import torch
 from PIL import Image
 
 from conftest import index_data, tiny_protonet, tiny_sinusoid
@@ -97,6 +98,10 @@ CASES = [
     Case("config-pooling", "an unknown pooling of the conv net", "train --config {d}/pooling.yaml"),
     Case("config-channels-relation", "conv widths for a learner with its own encoder",
          "train --config {d}/channels.yaml"),
+    Case("config-pooling-resnet12", "a flattened last map for ResNet-12, which averages it",
+         "train --config {d}/pooling-resnet12.yaml"),
+    Case("config-relation-resnet12", "ResNet-12 for a learner with its own encoder",
+         "train --config {d}/relation-resnet12.yaml"),
     Case("distort-molecules", "image distortions on a molecule dataset", "train --dataset tox21 --distort"),
     Case("config-pretrain-classes", "a fine-tune head of the wrong size",
          "train --config {d}/pretrain.yaml --out {d}/r"),
@@ -118,6 +123,8 @@ CASES = [
     Case("eval-ensemble-split", "an ensemble of runs trained on different data", "eval {d}/proto --ensemble {d}/sinusoid"),
     Case("eval-ensemble-trained-on", "an ensemble scored on validation alphabets one of its runs trained on",
          "eval {d}/proto --ensemble {d}/proto-v1 --split val"),
+    Case("device-unknown", "a device torch does not have", "train --device gpu"),
+    Case("device-no-gpu", "a GPU on a machine without one (CUDA hidden from torch)", "eval {d}/proto --device cuda"),
     Case("eval-other-dataset", "eval of an Omniglot run on sinusoid", "eval {d}/proto --dataset sinusoid"),
 ]
 
@@ -174,7 +181,9 @@ def d(tmp_path_factory) -> Path:
                "grad-clip": "grad_clip: 0\n", "ragged": "ragged_queries: true\n",
                "dropout": "dropout: 0.3\n", "ema": "ema: 1\n",
                "lr-decay": "lr_decay: 2\n", "pooling": "pooling: max\n",
-               "channels": "algo: relation\nchannels: 128\n"}
+               "channels": "algo: relation\nchannels: 128\n",
+               "pooling-resnet12": "net: resnet12\npooling: flatten\n",
+               "relation-resnet12": "algo: relation\nnet: resnet12\n"}
     for name, text in configs.items():
         (d / f"{name}.yaml").write_text(text)
     (d / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01")
@@ -234,6 +243,7 @@ def documented() -> dict[str, tuple[str, str]]:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_refused_as_the_table_says(case, d, capsys, monkeypatch):
     monkeypatch.setenv("FEWSHOT_CACHE", str(d / "cache"))       # decoded once for the module, kept out of ~/.cache
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)   # device-no-gpu's answer on a GPU machine too
     kind, message = answer(case, d, capsys)
     message = message.replace(str(d), "DIR")
     expected_kind, expected = documented()[case.id]

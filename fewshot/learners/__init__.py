@@ -13,7 +13,7 @@ from fewshot.learners.matching import MatchingNet
 from fewshot.learners.protonet import ProtoNet
 from fewshot.learners.relation import RelationModule, RelationNet, relation_encoder
 from fewshot.learners.siamese import SiameseNet
-from fewshot.nets import MLP, Conv4, FingerprintMLP, GraphNet
+from fewshot.nets import MLP, Conv4, FingerprintMLP, GraphNet, ResNet12
 
 __all__ = ["Learner", "GradientLearner", "Reptile", "ProtoNet", "MatchingNet", "RelationNet", "SiameseNet",
            "FineTune", "RandomForest", "build_learner", "conv_net", "molecule_net"]
@@ -28,8 +28,11 @@ def molecule_net(config: RunConfig, out_features: int | None = None) -> nn.Modul
     return FingerprintMLP(config.input_dim, config.hidden, config.embedding_dim, out_features, config.dropout)
 
 
-def conv_net(config: RunConfig, out_features: int | None = None) -> Conv4:
-    """The image encoder of a run: ``[B, 1, S, S] -> [B, embedding_dim]`` (or ``[B, out_features]``)."""
+def conv_net(config: RunConfig, out_features: int | None = None) -> Conv4 | ResNet12:
+    """The image encoder of a run, a Conv-4 or (``net: resnet12``) a ResNet-12:
+    ``[B, 1, S, S] -> [B, embedding_dim]`` (or ``[B, out_features]``)."""
+    if config.net == "resnet12":
+        return ResNet12(channels=config.channels, out_features=out_features, norm=config.norm)
     return Conv4(hidden=config.channels, out_features=out_features, variant=config.net.removeprefix("conv4-"),
                  norm=config.norm, pooling=config.pooling, image_size=config.image_size)
 

@@ -45,6 +45,11 @@ class Learner(nn.Module):
 
     task: Task = "classification"
 
+    @property
+    def device(self) -> torch.device:
+        """The device of the learner's parameters (the CPU for a learner without any): where episodes go."""
+        return next((p.device for p in self.parameters()), torch.device("cpu"))
+
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Any:
         """Task-specific state from a support set ``[N*K, ...]``, ``[N*K]``.
 

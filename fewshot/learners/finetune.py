@@ -117,12 +117,12 @@ class FineTune(Learner):
             optimizer = torch.optim.Adam(params, lr=self.head_lr)
             for _ in range(steps):
                 optimizer.zero_grad()
-                F.cross_entropy(self._apply(fitted, h), y).backward()
+                F.cross_entropy(self._logits(fitted, h), y).backward()
                 optimizer.step()
         return FittedHead(weight.detach(), bias.detach(), block)
 
     @staticmethod
-    def _apply(fitted: FittedHead, h: torch.Tensor) -> torch.Tensor:
+    def _logits(fitted: FittedHead, h: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, N]`` of frozen features ``h``."""
         z = _pool(fitted.block(h)) if fitted.block is not None else h
         return F.linear(z, fitted.weight, fitted.bias)
@@ -133,10 +133,10 @@ class FineTune(Learner):
         return self._fit(self._frozen(support_x), support_y, steps)
 
     def predict(self, adapted: FittedHead, query_x: torch.Tensor) -> torch.Tensor:
-        return self._apply(adapted, self._frozen(query_x))
+        return self._logits(adapted, self._frozen(query_x))
 
     @torch.no_grad()
     def query_outputs(self, episode: Episode, steps: int | None = None) -> torch.Tensor:
         n = episode.support_x.shape[0]
         h = self._frozen(torch.cat([episode.support_x, episode.query_x]))
-        return self._apply(self._fit(h[:n], episode.support_y, steps), h[n:])
+        return self._logits(self._fit(h[:n], episode.support_y, steps), h[n:])

@@ -3,5 +3,6 @@
 from fewshot.nets.conv4 import Conv4
 from fewshot.nets.mlp import MLP
 from fewshot.nets.molecules import FingerprintMLP, GraphNet
+from fewshot.nets.resnet12 import ResNet12
 
-__all__ = ["Conv4", "MLP", "FingerprintMLP", "GraphNet"]
+__all__ = ["Conv4", "ResNet12", "MLP", "FingerprintMLP", "GraphNet"]

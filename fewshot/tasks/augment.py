@@ -36,8 +36,9 @@ def affine_matrices(n: int, g: torch.Generator) -> torch.Tensor:
 
 def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Resample each image of ``x [n, C, H, W]`` (float, background 0) at ``theta [n, 2, 3] @ (u, v, 1)`` for
-    every output position ``(u, v)`` in normalised coordinates; same shape, bilinear, background outside."""
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    every output position ``(u, v)`` in normalised coordinates; same shape, bilinear, background outside. ``theta``
+    may sit on the CPU (where :func:`affine_matrices` draws it) whatever ``x``'s device."""
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
