@@ -71,7 +71,7 @@ class Ranks:
         if self.world == 1:
             return metrics
         grads = [p.grad for p in params if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = torch.cat([g.reshape(-1) for g in grads]).cpu()     # gloo reduces CPU tensors; a GPU's come back
         dist.all_reduce(flat)
         offset = 0
         for g in grads:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -152,7 +153,8 @@ def _non_finite(loss: float, params: list[torch.Tensor]) -> str | None:
     """What is not finite in a meta-update (its loss, or its gradient), or ``None``."""
     if not math.isfinite(loss):
         return f"the meta-loss became {loss}"
-    if not all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None):
+    finite = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    if finite and not bool(torch.stack(finite).all()):      # one device sync, not one per parameter
         return f"the meta-gradient became non-finite (meta-loss {loss:.4g})"
     return None
 
@@ -176,6 +178,8 @@ class Trainer:
             raise RunError(f"run directory {self.run_dir} is a file; pass a new or existing directory to --out")
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.ranks = Ranks.current()
+        if self.device.type == "cuda" and self.device.index is None and self.ranks.world > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))   # torchrun: a GPU per process
         task_slice(config.meta_batch, self.ranks.rank, self.ranks.world)   # refuses a meta-batch too small to split
         resuming = (self.ckpt_dir / "last.json").is_file()
         self.config = config if resuming else fill_in(config)
