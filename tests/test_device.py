@@ -14,10 +14,14 @@ import torch
 
 from conftest import cli, tiny_protonet
 from fewshot.devices import resolve_device
+from fewshot.evaluate import evaluate
+from fewshot.learners.base import Learner
 from fewshot.learners.augmented import SupportAugmented
 from fewshot.learners.ensemble import Ensemble
-from fewshot.tasks.episode import stack_episodes
+from fewshot.tasks.augment import random_affine
+from fewshot.tasks.episode import Episode, stack_episodes
 from fewshot.tasks.sources import fill_in, train_tasks, val_tasks
+from fewshot.tasks.seeding import generator
 from fewshot.train import Trainer, load_learner
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -50,15 +54,47 @@ def test_resolve_device_names_the_device_or_the_fix(monkeypatch):
 
 
 def test_learner_device_is_its_parameters_device():
-    learner = load_learner_free()
+    """PyTorch's ``meta`` device (shapes without data) stands in for a GPU on a machine without one."""
+    from fewshot.learners import RandomForest, build_learner
+
+    learner = build_learner(tiny_protonet())
     assert learner.device == torch.device("cpu")
-    assert Ensemble([learner, load_learner_free()]).device == torch.device("cpu")
+    members = [build_learner(tiny_protonet()).to("meta") for _ in range(2)]
+    assert members[0].device == torch.device("meta")
+    assert Ensemble(members).device == SupportAugmented(members[0], copies=1).device == torch.device("meta")
+    assert RandomForest(3).device == torch.device("cpu")                  # no parameters: it runs on the CPU
 
 
-def load_learner_free():
-    from fewshot.learners import build_learner
+class DeviceRecorder(Learner):
+    """A learner on ``device`` that scores every episode 1 and records the device each one arrived on."""
 
-    return build_learner(tiny_protonet())
+    def __init__(self, device: str):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1, device=device))
+        self.seen: list[torch.device] = []
+
+    def evaluate_episode(self, episode, steps=None) -> float:
+        self.seen += [t.device for t in (episode.support_x, episode.support_y, episode.query_x, episode.query_y)]
+        return 1.0
+
+
+def test_the_evaluator_moves_each_episode_to_the_learners_device():
+    episodes = [Episode(torch.zeros(2, 1, 4, 4), torch.arange(2), torch.zeros(2, 1, 4, 4), torch.arange(2))] * 3
+    learner = DeviceRecorder("meta")
+    assert evaluate(learner, episodes, episodes=3).mean == 1.0
+    assert learner.seen == [torch.device("meta")] * 12
+
+
+def test_distorted_copies_are_made_on_the_images_device():
+    """The distortions are drawn on the CPU (one seeded stream for every device) and applied where the images are."""
+    copies = random_affine(torch.zeros(3, 1, 28, 28, device="meta"), generator(0))
+    assert copies.device == torch.device("meta") and copies.shape == (3, 1, 28, 28)
+
+
+def test_mps_is_refused_where_apple_metal_is_missing(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="Apple's Metal \\(MPS\\) backend is not available here; use --device cpu"):
+        resolve_device("mps")
 
 
 @gpu
