@@ -90,10 +90,12 @@ class Setting:
 
 # -- setup: the recipe's learner, seeded weights, real episodes ------------------------------
 def make_learner(s: Setting):
-    """The fewshot learner of the algorithm's recipe and the run config it came from."""
+    """The fewshot learner of the algorithm's recipe (its hyperparameters from the run config of
+    ``fewshot.config.RECIPES``) and that run config."""
     from fewshot.config import resolve
-    from fewshot.learners import build_learner
-    from fewshot.learners.gradient import GradientLearner
+    from fewshot.learners.gradient import ANIL, FOMAML, MAML, GradientLearner, Reptile
+    from fewshot.learners.protonet import ProtoNet
+    from fewshot.nets import Conv4
 
     flags = {"algo": s.algo, "dataset": "omniglot", "net": f"conv4-{s.net}", "ways": s.ways, "shots": s.shots,
              "queries": s.queries, "meta_batch": s.meta_batch, "inner_steps": s.inner_steps, "seed": s.seed}
@@ -101,11 +103,22 @@ def make_learner(s: Setting):
         flags["train_ways"], flags["train_queries"] = s.ways, s.queries
     config = resolve({}, flags)
     torch.manual_seed(s.seed)
-    learner = build_learner(config)
+
+    def net(out_features: int | None = None) -> Conv4:
+        return Conv4(hidden=config.channels, out_features=out_features, variant=s.net, norm=config.norm,
+                     pooling=config.pooling, image_size=config.image_size)
+
+    if s.algo == "protonet":
+        learner = ProtoNet(net())
+    else:
+        cls = {"maml": MAML, "fomaml": FOMAML, "anil": ANIL, "reptile": Reptile}[s.algo]
+        kwargs = {} if cls is Reptile else {"multi_step_loss": getattr(config, "multi_step_loss", False)}
+        learner = cls(net(out_features=s.ways), config.inner_lr, config.inner_steps, **kwargs)
+        learner.set_execution(vectorize=getattr(config, "vectorize", False))   # options that do not apply: off
     if s.variant == "checkpoint":
         if not isinstance(learner, GradientLearner) or learner.first_order:
             raise ValueError("fewshot[checkpoint] applies to second-order gradient learners (maml, anil)")
-        learner.checkpoint_inner = True
+        learner.set_execution(vectorize=learner.execution.vectorize, checkpoint_inner=True)
     return learner, config
 
 

@@ -44,16 +44,18 @@ def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
 
 
 def save_checkpoint(directory: Path, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any], average: torch.nn.Module | None = None) -> None:
-    """Save model, optimizer, the JSON-able ``state`` and the RNG states as checkpoint ``name``; with
-    ``average`` (a :class:`torch.optim.swa_utils.AveragedModel`), its state too, under ``average/``."""
+                    state: dict[str, Any], average: torch.nn.Module | None = None,
+                    rng: torch.Tensor | None = None) -> None:
+    """Save model, optimizer, the JSON-able ``state`` and the RNG state (``rng``, default: torch's current one)
+    as checkpoint ``name``; with ``average`` (a :class:`torch.optim.swa_utils.AveragedModel`), its state too,
+    under ``average/``."""
     opt_tensors, opt_plain = _optimizer_split(optimizer)
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     if average is not None:
         tensors.update({f"average/{k}": v for k, v in average.state_dict().items()})
     tensors.update(opt_tensors)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}   # a model on a GPU is saved from the CPU
-    tensors["rng/torch"] = torch.get_rng_state()
+    tensors = _unshared({k: v.detach().cpu().contiguous() for k, v in tensors.items()})   # GPU models: from the CPU
+    tensors["rng/torch"] = torch.get_rng_state() if rng is None else rng
     blob = save_tensors(tensors)
     digest = hashlib.sha256(blob).hexdigest()
     tensor_file = f"{name}-{digest[:16]}.safetensors"
@@ -67,6 +69,18 @@ def save_checkpoint(directory: Path, name: str, model: torch.nn.Module, optimize
             stale.unlink(missing_ok=True)
     remove_partial_writes(directory, f"{name}-*.safetensors")   # temporary files a crash left
     remove_partial_writes(directory, f"{name}.json")
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors with every one that shares memory with an earlier one copied: a module registered under two
+    names, or tied parameters, appear in ``state_dict()`` once per name, and safetensors stores each tensor once."""
+    seen, out = set(), {}
+    for key, value in tensors.items():
+        start = value.untyped_storage().data_ptr() if value.numel() else None
+        out[key] = value.clone() if start in seen else value
+        if start is not None:
+            seen.add(start)
+    return out
 
 
 def tensor_path(directory: Path, name: str) -> Path:

@@ -12,15 +12,16 @@ averaged first, and the result is the mean and standard error over tasks.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from fewshot.faults import pause_point
-from fewshot.learners.base import Learner, metric_name
+from fewshot.learners.base import Learner, metric_name, task_metric
 from fewshot.metrics import class1_scores, delta_auprc, roc_auc
+from fewshot.progress import progress_bar
 from fewshot.tasks.episode import Episode
 
 
@@ -45,6 +46,11 @@ class EvalResult:
         """The standard error of the mean, ``std / sqrt(n)``."""
         return self.ci95 / 1.96
 
+    def __str__(self) -> str:
+        if self.tasks:
+            return f"{self.mean:.4f} ± {self.stderr:.4f} (standard error over {len(self.tasks)} tasks, {self.episodes} episodes)"
+        return f"{self.mean:.4f} ± {self.ci95:.4f} ({self.episodes} episodes)"
+
 
 def confidence_interval(values: list[float]) -> tuple[float, float]:
     """Mean and half-width of the normal 95% interval, ``1.96 * sample std / sqrt(n)``."""
@@ -61,16 +67,21 @@ def _ranking_score(metric: str, logits: torch.Tensor, episode: Episode) -> float
 
 
 def evaluate(learner: Learner, tasks: Dataset, episodes: int | None = 600, inner_steps: int | None = None,
-             progress: bool = False) -> EvalResult:
-    """Score ``learner`` on episodes ``0..episodes-1`` of ``tasks``.
+             progress: bool = False, *, warn: bool = True) -> EvalResult:
+    """Score ``learner`` on episodes ``0..episodes-1`` of ``tasks``: ``predict(adapt(support), query)`` of each.
 
     Args:
-        learner: any learner; it is put in eval mode and restored afterwards. Episodes are drawn on the CPU and
-            moved to the learner's device (:attr:`~fewshot.learners.base.Learner.device`) one at a time.
+        learner: any learner; it is put in eval mode (its BatchNorm layers as its ``batchnorm`` mode says:
+            by default the statistics of each batch, as in training) and restored afterwards. Episodes are
+            drawn on the CPU and moved to the learner's device one at a time.
         tasks: a task source (``tasks[i]`` is an :class:`~fewshot.tasks.episode.Episode`).
         episodes: how many episodes (600 by default, the field's convention; None: all of a finite source).
         inner_steps: test-time inner steps of gradient-based learners (None: their default).
         progress: show a progress bar.
+        warn: warn when fewer than 2 episodes (or tasks) leave the confidence interval undefined.
+
+    Returns:
+        :class:`EvalResult`: ``.mean``, ``.ci95``, ``.episodes``; ``str()`` gives ``0.7351 ± 0.0143 (600 episodes)``.
     """
     if episodes is None:
         episodes = len(tasks)
@@ -78,22 +89,25 @@ def evaluate(learner: Learner, tasks: Dataset, episodes: int | None = 600, inner
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if episodes > len(tasks):
         raise ValueError(f"asked for {episodes} episodes but the task source holds {len(tasks)}")
+    if episodes < 2 and warn:
+        warnings.warn(f"evaluating on {episodes} episode gives no confidence interval (ci95 is 0); use 600 "
+                      "episodes, the field's convention", stacklevel=2)
     was_training, device = learner.training, learner.device
     learner.eval()
     ranking = getattr(tasks, "metric", None)
-    bar = tqdm(range(episodes), desc="eval", disable=None if progress else True, leave=False)
+    bar = progress_bar(range(episodes), desc="eval", enabled=progress, leave=False, every_percent=0)
     try:
         values: list[float] = []
         per_task: dict[str, list[float]] = {}
         for i in bar:
             pause_point("evaluate-episode")
             episode = tasks[i]
+            with learner.normalisation():
+                outputs = learner.query_outputs(episode.to(device), steps=inner_steps).cpu()
             if ranking is None:
-                values.append(learner.evaluate_episode(episode.to(device), steps=inner_steps))
+                values.append(task_metric(outputs, episode.query_y, learner.task))
             else:
-                logits = learner.query_outputs(episode.to(device), steps=inner_steps).cpu()
-                score = _ranking_score(ranking, logits, episode)
-                per_task.setdefault(tasks.episode_task(i), []).append(score)
+                per_task.setdefault(tasks.episode_task(i), []).append(_ranking_score(ranking, outputs, episode))
     finally:
         learner.train(was_training)
     if ranking is None:

@@ -80,8 +80,7 @@ def run_row(algo: str, ways: int, shots: int, p: Plan, out: Path, split: str, se
     """Train one recipe for ``p.budget_s`` seconds and test it; one result dict."""
     from fewshot.config import load_yaml
     from fewshot.evaluate import evaluate
-    from fewshot.tasks.sources import test_tasks
-    from fewshot.train import Trainer, run_config
+    from fewshot.runs import run_config, trainer_for
 
     run_dir = out / f"{algo}-{ways}w{shots}s"
     recipe = Path(__file__).resolve().parent.parent / "configs" / RECIPE_FILES.get((algo, ways), "")
@@ -89,10 +88,10 @@ def run_row(algo: str, ways: int, shots: int, p: Plan, out: Path, split: str, se
     file_values = {k: v for k, v in file_values.items() if k not in ("algo", "ways", "shots", "split", "steps")}
     config = run_config(run_dir, file_values, _flags(algo, ways, shots, split, p, seed, data_root))
     start = time.monotonic()
-    trainer = Trainer(config, run_dir, progress=False)
+    trainer = trainer_for(config, run_dir, progress=False)
     result = trainer.run()
-    cfg = trainer.config
-    name, tasks = test_tasks(cfg, shots=shots)
+    cfg = config
+    name, tasks = cfg.domain.test_tasks(cfg, shots=shots)
     if algo == "sinusoid":
         ours = {k: evaluate(trainer.deployed, tasks, p.episodes, inner_steps=k) for k in PUBLISHED_SINUSOID}
         return {"algo": "maml", "task": "sinusoid 5-shot", "data": "sinusoid", "steps": result.step,

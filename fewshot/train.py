@@ -1,35 +1,42 @@
-"""The meta-training loop, shared by every learner.
+"""The meta-training loop, shared by every learner, every task source and the ``fewshot`` command.
 
-A run directory holds::
+:func:`fit` takes objects, not names: a learner (any :class:`~fewshot.learners.base.Learner`, over any
+``nn.Module``), a training task source (``tasks[i]`` is episode ``i``), optionally validation tasks, and
+the settings of :class:`TrainSettings`. A run directory holds::
 
-    config.yaml             the resolved configuration
+    config.yaml             the run's configuration: its ``train`` section (these settings) and, for runs of
+                            the ``fewshot`` command, the sections that rebuild the learner and the tasks
     metrics.jsonl           one JSON object per logged step ("split": "train" or "val")
     checkpoints/last.*      the latest state (safetensors + JSON), written every checkpoint_every steps
     checkpoints/best.*      the state with the best validation metric
     tensorboard/            TensorBoard events
 
-With ``ema: d`` an exponential moving average of the weights (decay ``d``, :mod:`torch.optim.swa_utils`)
-is kept beside them: it is what validation scores, what ``best`` is chosen by, and what
-:func:`load_learner` returns; checkpoints hold both (``model/`` to resume training, ``average/``).
+With ``ema=d`` an exponential moving average of the weights (decay ``d``, :mod:`torch.optim.swa_utils`)
+is kept beside them: it is what validation scores, what ``best`` is chosen by, and what :func:`fit`
+returns; checkpoints hold both (``model/`` to resume training, ``average/``).
 
-Training on an existing run directory resumes from ``checkpoints/last``: the task
-stream is indexed by step, so the resumed run sees the episodes the uninterrupted one
-would have seen and ends where it would have ended, bit for bit, even after a SIGKILL
-at any moment (every file is replaced atomically; a log line cut short is dropped).
+Calling :func:`fit` on a directory that holds a run resumes it from ``checkpoints/last``: the task
+stream is indexed by step, so the resumed run sees the episodes the uninterrupted one would have seen and
+ends where it would have ended, bit for bit, even after a SIGKILL at any moment (every file is replaced
+atomically; a log line cut short is dropped). Ctrl-C or SIGTERM writes ``checkpoints/last`` on the way out.
 
-Under ``torchrun`` each meta-batch is split across the processes
-(:mod:`fewshot.distributed`); rank 0 alone writes the run directory and validates.
+Under ``torchrun`` each meta-batch is split across the processes (:mod:`fewshot.distributed`); rank 0
+alone writes the run directory and validates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator
 
 import torch
 import yaml
@@ -37,18 +44,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from fewshot.checkpoint import load_model, load_optimizer, read_checkpoint, save_checkpoint
-from fewshot.config import GRADIENT_ALGOS, MOLECULE_DATASETS, RunConfig, check_types, resolve, yaml_problem
 from fewshot.distributed import Ranks, task_slice
 from fewshot.evaluate import EvalResult, evaluate
 from fewshot.faults import pause_point
 from fewshot.files import atomic_write, remove_partial_writes
-from fewshot.learners import Learner, build_learner
-from fewshot.learners.ensemble import Ensemble
+from fewshot.learners.base import Learner
+from fewshot.progress import progress_bar
 from fewshot.tasks.episode import stack_episodes
-from fewshot.tasks.sources import fill_in, train_tasks, val_tasks
-
-#: Options that may differ when a run is resumed (they do not change what is computed).
-RESUMABLE_CHANGES = {"steps", "time_limit", "data_root", "test_episodes", "on_nonfinite"}
 
 
 class RunError(ValueError):
@@ -56,97 +58,95 @@ class RunError(ValueError):
 
 
 @dataclass
+class TrainSettings:
+    """How a learner is meta-trained: the ``train`` section of a run's configuration.
+
+    Attributes:
+        steps: meta-updates.
+        meta_batch: tasks per meta-update.
+        lr: the outer (Adam) learning rate; ``lr_decay`` multiplies it every ``lr_decay_every`` steps.
+        grad_clip: clip the meta-gradient's global L2 norm to this before each update (``None``: no clipping).
+        ema: keep an exponential moving average of the weights with this decay (e.g. 0.999); validation,
+            checkpoint selection and the returned learner use it.
+        on_nonfinite: a non-finite meta-loss or gradient: ``"stop"`` (keeping the last good checkpoint) or
+            ``"skip"`` the meta-batch.
+        precision: ``"float32"`` or ``"bf16"`` (the training step under bfloat16 autocast; weights, optimizer
+            and evaluation stay float32).
+        time_limit: stop cleanly after this many seconds (``None``: no limit).
+        val_every, val_episodes: validate every so many steps on so many episodes.
+        val_inner_steps: inner steps of gradient learners when validating (``None``: their own).
+        log_every, checkpoint_every: how often a training record and ``checkpoints/last`` are written.
+        seed: seed torch's global random stream when a run starts (``None``: leave it as it is).
+    """
+
+    steps: int = 2000
+    meta_batch: int = 32
+    lr: float = 0.001
+    lr_decay: float = 1.0
+    lr_decay_every: int = 2000
+    grad_clip: float | None = None
+    ema: float | None = None
+    on_nonfinite: str = "stop"
+    precision: str = "float32"
+    time_limit: float | None = None
+    val_every: int = 250
+    val_episodes: int = 200
+    val_inner_steps: int | None = None
+    log_every: int = 10
+    checkpoint_every: int = 100
+    seed: int | None = None
+
+    #: Settings that may differ when a run is resumed (they do not change what is computed).
+    RESUMABLE = ("steps", "time_limit", "on_nonfinite")
+
+    def validate(self) -> "TrainSettings":
+        """Raise ``ValueError`` naming the first impossible setting; returns the settings."""
+        for name in ("steps", "meta_batch", "lr_decay_every", "val_every", "val_episodes", "log_every",
+                     "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number, got {self.lr}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}; pass a positive learning rate")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"grad_clip must be a finite number > 0 (or left out), got {self.grad_clip}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1] (1: a constant learning rate), got {self.lr_decay}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ValueError(f"ema must be a decay in (0, 1), such as 0.999 (or left out), got {self.ema}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"time_limit must be > 0 seconds, got {self.time_limit}")
+        if self.seed is not None and self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite must be stop or skip, got {self.on_nonfinite!r}")
+        if self.precision not in ("float32", "bf16"):
+            raise ValueError(f"precision must be float32 or bf16, got {self.precision!r}")
+        if self.val_inner_steps is not None and self.val_inner_steps < 0:
+            raise ValueError(f"val_inner_steps must be >= 0, got {self.val_inner_steps}")
+        return self
+
+    def learning_rate(self, step: int) -> float:
+        """The outer learning rate of update ``step + 1``: ``lr * lr_decay ** (step // lr_decay_every)``."""
+        return self.lr * self.lr_decay ** (step // self.lr_decay_every)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
 class TrainResult:
+    """What :func:`fit` returns: the trained learner (the moving average with ``ema``), the last step, whether
+    the time limit stopped it, the best validation metric, and the meta-batches skipped as non-finite."""
+
     learner: Learner
-    config: RunConfig
     step: int
     stopped_early: bool
     best_val: float | None
-    skipped: int = 0            # meta-batches skipped for a non-finite loss (on_nonfinite="skip")
-
-
-def load_run_config(run_dir: Path) -> RunConfig:
-    """The resolved config of an existing run directory."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a fewshot run directory (no config.yaml); "
-                                "pass the --out directory of a `fewshot train` run")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise RunError(f"{path} is not valid YAML ({yaml_problem(e)}); the run directory is damaged") from None
-    if not isinstance(values, dict):
-        raise RunError(f"{path} does not hold a run config; the run directory is damaged")
-    check_types(values, source=str(path))
-    return RunConfig(**values).validate()
-
-
-def load_learner(run_dir: Path, checkpoint: str = "best") -> tuple[Learner, RunConfig]:
-    """The learner of a run, with the weights of checkpoint ``best`` (or ``last``): the moving average
-    of the weights for a run trained with ``ema``."""
-    config = load_run_config(run_dir)
-    learner = build_learner(config)
-    if not any(True for _ in learner.parameters()):   # nothing was trained (the random forest)
-        return learner, config
-    ckpt_dir = run_dir / "checkpoints"
-    name = checkpoint if (ckpt_dir / f"{checkpoint}.json").is_file() else "last"
-    tensors, _ = read_checkpoint(ckpt_dir, name)
-    load_model(learner, tensors, ckpt_dir / f"{name}.json",
-               prefix="average/module." if config.ema is not None else "model/")
-    return learner, config
-
-
-#: What runs must share to be scored as one ensemble: the data split and its test part, so that every member's
-#: held-out test classes or tasks are the episodes'; for molecules the validation tasks and the features; for
-#: heads of fixed width the ways. Omniglot members may hold out different validation alphabets (one may train on
-#: alphabets another validates on: :func:`fewshot.tasks.sources.check_held_out_by_all` refuses those for them).
-ENSEMBLE_SHARED = ("dataset", "split", "test_alphabets", "holdout_test", "test_tasks")
-ENSEMBLE_SHARED_MOLECULES = ("holdout_val", "featurizer", "fp_radius", "fp_size", "fp_counts")
-
-
-def load_ensemble(run_dirs: Sequence[Path], checkpoint: str = "best") -> tuple[Ensemble, list[RunConfig]]:
-    """The runs' learners as one :class:`~fewshot.learners.ensemble.Ensemble` (each with its checkpoint
-    ``checkpoint``), and their configs, the first of which, at the largest image side among them, is the
-    one to draw the episodes from.
-
-    Raises:
-        RunError: a run that does not share the first one's data split and test part (:data:`ENSEMBLE_SHARED`),
-            features or (gradient learners) ways; the message names the setting.
-    """
-    learners, configs = zip(*(load_learner(Path(d), checkpoint) for d in run_dirs))
-    first = configs[0]
-    shared = ENSEMBLE_SHARED + (ENSEMBLE_SHARED_MOLECULES if first.dataset in MOLECULE_DATASETS else ())
-    for run_dir, cfg in zip(run_dirs[1:], configs[1:]):
-        differ = [key for key in shared if getattr(cfg, key) != getattr(first, key)]
-        if not differ and cfg.algo in GRADIENT_ALGOS and cfg.ways != first.ways:
-            differ = ["ways"]
-        if differ:
-            raise RunError(f"run {run_dir} cannot join an ensemble with {run_dirs[0]}: its {differ[0]} is "
-                           f"{getattr(cfg, differ[0])!r}, not {getattr(first, differ[0])!r}; ensemble runs "
-                           "trained on the same data split (and features, and ways for a gradient learner)")
-    sizes = [cfg.image_size if cfg.dataset == "omniglot" else None for cfg in configs]
-    ensemble = Ensemble(learners, sizes, [cfg.test_inner_steps for cfg in configs])
-    episodes = replace(first, image_size=max(sizes)) if first.dataset == "omniglot" else first
-    return ensemble, [episodes, *configs[1:]]
-
-
-def run_config(run_dir: Path, file_values: dict[str, Any], flags: dict[str, Any]) -> RunConfig:
-    """The config to train ``run_dir`` with: resolved anew, or the saved one when resuming.
-
-    When ``run_dir`` already holds a run, options given in the file or as flags must
-    agree with the saved config, except those in :data:`RESUMABLE_CHANGES`.
-    """
-    if not (Path(run_dir) / "checkpoints" / "last.json").is_file():
-        return resolve(file_values, flags)
-    saved = load_run_config(Path(run_dir))
-    given = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
-    check_types(given, source="options")
-    for key, value in given.items():
-        if key not in RESUMABLE_CHANGES and getattr(saved, key) != value:
-            raise RunError(f"{run_dir} holds a run with {key}={getattr(saved, key)!r}, not {value!r}; resume it "
-                           "with the same options or pass a new --out directory")
-        setattr(saved, key, value)
-    return saved.validate()
+    skipped: int = 0
+    run_dir: Path | None = None
 
 
 def _non_finite(loss: float, params: list[torch.Tensor]) -> str | None:
@@ -163,38 +163,91 @@ def _better(metric: str, new: float, old: float | None) -> bool:
     return old is None or (new < old if metric in ("mse", "error") else new > old)
 
 
+def saved_train_section(run_dir: Path) -> dict[str, Any]:
+    """The ``train`` section of a run directory's ``config.yaml`` (from a sectioned or an old flat file)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise RunError(f"{path} is not valid YAML; the run directory is damaged") from None
+    if not isinstance(values, dict):
+        raise RunError(f"{path} does not hold a run config; the run directory is damaged")
+    if isinstance(values.get("train"), dict):
+        return values["train"]
+    return values     # an old flat file: its keys that are train settings are compared
+
+
+@contextmanager
+def _interrupts_as_keyboard_interrupt() -> Iterator[None]:
+    """SIGTERM raises ``KeyboardInterrupt`` within the block (main thread only), as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class Trainer:
-    """Meta-trains ``config`` into ``run_dir`` (resuming it if it already holds a run) on ``device`` (a
-    :class:`torch.device` or its name; episodes are drawn on the CPU and moved there one meta-batch at a time).
+    """Meta-trains ``learner`` on ``tasks`` into ``run_dir`` (resuming it if it already holds a run) on
+    ``device`` (a :class:`torch.device` or its name; episodes are drawn on the CPU and moved there one
+    meta-batch at a time). :func:`fit` is its one-call form.
 
-    The device is where the run computes, not part of what it computes, so it is not in the config: a run
-    may be resumed on another device (bit for bit only on the device it was interrupted on: GPU kernels
-    round differently, and the GPU's random state is not checkpointed)."""
+    The device is where the run computes, not part of what it computes: a run may be resumed on another
+    device (bit for bit only on the device it was interrupted on: GPU kernels round differently, and the
+    GPU's random state is not checkpointed)."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, progress: bool = True,
-                 device: torch.device | str = "cpu"):
-        self.run_dir, self.progress, self.device = Path(run_dir), progress, torch.device(device)
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise RunError(f"run directory {self.run_dir} is a file; pass a new or existing directory to --out")
-        self.ckpt_dir = self.run_dir / "checkpoints"
+    def __init__(self, learner: Learner, tasks, val_tasks=None, settings: TrainSettings | None = None,
+                 run_dir: str | Path | None = None, *, device: torch.device | str = "cpu", progress: bool = True,
+                 record: dict[str, Any] | None = None, description: str = "fit"):
+        self.settings = (settings or TrainSettings()).validate()
+        if not isinstance(learner, Learner):
+            raise ValueError(f"fit trains a fewshot learner (e.g. fewshot.MAML(model) or fewshot.ProtoNet(encoder)), "
+                             f"not a {type(learner).__name__}")
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if self.run_dir is not None and self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunError(f"run directory {self.run_dir} is a file; pass a new or existing directory as out")
+        self.ckpt_dir = self.run_dir / "checkpoints" if self.run_dir is not None else None
+        self.progress, self.record, self.description = progress, dict(record or {}), description
+        self.device = torch.device(device)
         self.ranks = Ranks.current()
         if self.device.type == "cuda" and self.device.index is None and self.ranks.world > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))   # torchrun: a GPU per process
-        task_slice(config.meta_batch, self.ranks.rank, self.ranks.world)   # refuses a meta-batch too small to split
-        resuming = (self.ckpt_dir / "last.json").is_file()
-        self.config = config if resuming else fill_in(config)
-        torch.manual_seed(self.config.seed)
-        self.learner = build_learner(self.config).to(self.device)
-        params = list(self.learner.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=self.config.lr) if params else None   # None: nothing to train
-        self.average = (AveragedModel(self.learner, multi_avg_fn=get_ema_multi_avg_fn(self.config.ema),
+        task_slice(self.settings.meta_batch, self.ranks.rank, self.ranks.world)   # refuses a meta-batch too small
+        resuming = self.ckpt_dir is not None and (self.ckpt_dir / "last.json").is_file()
+        if resuming:
+            self._check_resumable()
+        elif self.settings.seed is not None:
+            torch.manual_seed(self.settings.seed)
+        self.learner = learner.to(self.device)
+        self.episodes, self.val_tasks = tasks, val_tasks
+        self.train_tasks = learner.training_tasks(tasks)
+        params = [p for p in self.learner.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=self.settings.lr) if params else None   # None: nothing to train
+        self.average = (AveragedModel(self.learner, multi_avg_fn=get_ema_multi_avg_fn(self.settings.ema),
                                       use_buffers=True, device=self.device)
-                        if self.config.ema is not None and params else None)
+                        if self.settings.ema is not None and params else None)
         self.step, self.best_val, self._saved_step, self.skipped = 0, None, None, 0
-        if (self.ckpt_dir / "last.json").is_file():
+        self._rng, self._updating = torch.get_rng_state(), False
+        if resuming:
             self._restore()
-        self.train_tasks = train_tasks(self.config)
-        self.val_tasks = val_tasks(self.config)
+
+    def _check_resumable(self) -> None:
+        saved = saved_train_section(self.run_dir)
+        for key, value in self.settings.to_dict().items():
+            if key in TrainSettings.RESUMABLE or key not in saved or key == "seed":
+                continue
+            if saved[key] != value:
+                raise RunError(f"{self.run_dir} holds a run with {key}={saved[key]!r}, not {value!r}; resume it "
+                               "with the same settings or pass a new out directory")
 
     def _restore(self) -> None:
         tensors, meta = read_checkpoint(self.ckpt_dir, "last")
@@ -203,6 +256,7 @@ class Trainer:
         if self.average is not None:
             load_model(self.average, tensors, self.ckpt_dir / "last.json", prefix="average/")
         torch.set_rng_state(tensors["rng/torch"])
+        self._rng = tensors["rng/torch"]
         self.step, self.best_val = meta["state"]["step"], meta["state"]["best_val"]
         self.skipped = meta["state"].get("skipped", 0)
         self._saved_step = self.step
@@ -210,12 +264,13 @@ class Trainer:
     def _save(self, name: str) -> None:
         if name == "last":
             self._saved_step = self.step
-        if self.ranks.main:
+        if self.ranks.main and self.ckpt_dir is not None:
             save_checkpoint(self.ckpt_dir, name, self.learner, self.optimizer,
-                            {"step": self.step, "best_val": self.best_val, "skipped": self.skipped}, self.average)
+                            {"step": self.step, "best_val": self.best_val, "skipped": self.skipped}, self.average,
+                            rng=self._rng)
 
     def _log(self, record: dict[str, Any], writer) -> None:
-        if not self.ranks.main:
+        if not self.ranks.main or self.run_dir is None:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -245,61 +300,90 @@ class Trainer:
         return self.learner if self.average is None else self.average.module
 
     def validate(self) -> EvalResult:
-        return evaluate(self.deployed, self.val_tasks, min(self.config.val_episodes, len(self.val_tasks)),
-                        inner_steps=self.config.test_inner_steps)
+        return evaluate(self.deployed, self.val_tasks, min(self.settings.val_episodes, len(self.val_tasks)),
+                        inner_steps=self.settings.val_inner_steps, warn=False)
+
+    def _check_shapes(self) -> None:
+        """Run the first training and validation episodes through the learner before the first step: a model that
+        cannot take them, or whose outputs do not fit them, is refused naming the shapes. The global random
+        stream is left as it was, so a resumed run is not disturbed."""
+        was_training = self.learner.training
+        with torch.random.fork_rng(devices=[]):
+            self.learner.eval()
+            try:
+                for what, source in (("training", self.episodes), ("validation", self.val_tasks)):
+                    if source is not None and hasattr(source, "__getitem__"):
+                        self.learner.check_episode(source[0].to(self.device), what)
+            finally:
+                self.learner.train(was_training)
+
+    def _write_config(self) -> None:
+        for name in ("config.yaml", "metrics.jsonl"):
+            remove_partial_writes(self.run_dir, name)
+        values = {**{k: v for k, v in self.record.items() if k != "eval"}, "train": self.settings.to_dict(),
+                  **({"eval": self.record["eval"]} if "eval" in self.record else {})}
+        atomic_write(self.run_dir / "config.yaml", yaml.safe_dump(values, sort_keys=False).encode())
 
     def run(self) -> TrainResult:
         from torch.utils.tensorboard import SummaryWriter
 
-        cfg, main = self.config, self.ranks.main
+        cfg, main = self.settings, self.ranks.main
         writer = None
-        if main:
+        if main and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            for name in ("config.yaml", "metrics.jsonl"):
-                remove_partial_writes(self.run_dir, name)
-            atomic_write(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+            self._write_config()
         if self.optimizer is None:   # a learner without parameters (the random forest): the run is its config
-            return TrainResult(self.learner, cfg, 0, False, None)
-        if main:
+            return TrainResult(self.learner, 0, False, None, run_dir=self.run_dir)
+        self._check_shapes()
+        if main and self.run_dir is not None:
             self._truncate_log()
             writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
         start, stopped_early = time.monotonic(), False
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algo} {cfg.dataset}",
-                   disable=not (self.progress and main), dynamic_ncols=True)
+        bar = progress_bar(total=cfg.steps, initial=self.step, desc=self.description,
+                           enabled=self.progress and main, dynamic_ncols=True)
         try:
-            while self.step < cfg.steps:
-                if cfg.time_limit is not None and self.ranks.any(time.monotonic() - start >= cfg.time_limit):
-                    stopped_early = True
-                    break
-                metrics = self._train_step()
-                self.step += 1
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
-                if metrics and self.step % cfg.log_every == 0:
-                    self._log({"step": self.step, "split": "train", **metrics}, writer)
-                if main and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
-                    self._validate_and_keep_best(writer, bar)
-                if self.step % cfg.checkpoint_every == 0:
-                    self._save("last")
-            if main and not (self.ckpt_dir / "best.json").is_file():   # stopped before the first validation
-                self._validate_and_keep_best(writer, bar)
-            self._save("last")
+            with _interrupts_as_keyboard_interrupt():
+                while self.step < cfg.steps:
+                    if cfg.time_limit is not None and self.ranks.any(time.monotonic() - start >= cfg.time_limit):
+                        stopped_early = True
+                        break
+                    metrics = self._train_step()
+                    self.step += 1
+                    self._rng, self._updating = torch.get_rng_state(), False
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
+                    if metrics and self.step % cfg.log_every == 0:
+                        self._log({"step": self.step, "split": "train", **metrics}, writer)
+                    if main and self.val_tasks is not None and (self.step % cfg.val_every == 0
+                                                                or self.step == cfg.steps):
+                        self._validate_and_keep_best(writer, bar)
+                    if self.step % cfg.checkpoint_every == 0:
+                        self._save("last")
+                if main and self.val_tasks is not None and not (self.ckpt_dir is not None and
+                                                                (self.ckpt_dir / "best.json").is_file()):
+                    self._validate_and_keep_best(writer, bar)   # stopped before the first validation
+                self._save("last")
+        except KeyboardInterrupt:
+            if not self._updating:   # not inside an update: the state of the last completed step is whole
+                self._save("last")
+            raise
         finally:
             bar.close()
             if writer is not None:
                 writer.close()
-        return TrainResult(self.deployed, cfg, self.step, stopped_early, self.best_val, self.skipped)
+        return TrainResult(self.deployed, self.step, stopped_early, self.best_val, self.skipped, self.run_dir)
 
     def _train_step(self) -> dict[str, float]:
         """One meta-update on this rank's share of the step's tasks; ``{}`` when the meta-batch is skipped."""
-        cfg = self.config
+        cfg = self.settings
         self.learner.train()
         first = self.step * cfg.meta_batch
         mine = task_slice(cfg.meta_batch, self.ranks.rank, self.ranks.world)
         batch = stack_episodes([self.train_tasks[first + t] for t in mine]).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        params = list(self.learner.parameters())
-        with torch.autocast(params[0].device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        with torch.autocast(params[0].device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"), \
+                self.learner.normalisation():
             metrics = self.learner.meta_backward(batch, total_tasks=cfg.meta_batch)
         metrics = self.ranks.reduce_step(params, metrics, len(mine), cfg.meta_batch)
         pause_point("train-step")
@@ -318,6 +402,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         for group in self.optimizer.param_groups:     # a function of the step, so a resumed run follows it exactly
             group["lr"] = cfg.learning_rate(self.step)
+        self._updating = True                        # until the step counter follows: an interrupt saves nothing
         self.optimizer.step()
         if self.average is not None:
             self.average.update_parameters(self.learner)
@@ -330,3 +415,34 @@ class Trainer:
         if _better(result.metric, result.mean, self.best_val):
             self.best_val = result.mean
             self._save("best")
+
+
+def fit(learner: Learner, tasks, val_tasks=None, *, steps: int = 2000, meta_batch: int = 32, lr: float = 0.001,
+        out: str | Path | None = None, device: torch.device | str = "cpu", progress: bool = True,
+        **settings: Any) -> TrainResult:
+    """Meta-train ``learner`` on the episodes of ``tasks``; validate on ``val_tasks``; write the run to ``out``.
+
+    Calling ``fit`` again with the same ``out`` resumes the run from its last checkpoint and ends where one
+    uninterrupted run would have ended (the learner passed in is the same architecture, freshly built).
+
+    Args:
+        learner: any learner, e.g. ``fewshot.MAML(model)`` or ``fewshot.ProtoNet(encoder)``, over any ``nn.Module``.
+        tasks: training episodes: ``tasks[i]`` is episode ``i`` (e.g. :class:`~fewshot.tasks.sampler.ClassificationTasks`).
+        val_tasks: validation episodes (``None``: no validation; ``load`` then returns the last weights).
+        steps, meta_batch, lr: meta-updates, tasks per update, the outer Adam learning rate.
+        out: the run directory (``None``: nothing is written and nothing can resume).
+        device: where to compute (``"cpu"``, ``"cuda"``, ...).
+        progress: show a progress bar (plain lines when stderr is not a terminal).
+        settings: any other field of :class:`TrainSettings` (``ema``, ``grad_clip``, ``lr_decay``, ``val_every``,
+            ``time_limit``, ``seed``, ...).
+
+    Returns:
+        :class:`TrainResult`; ``result.learner`` is the trained learner (the moving average with ``ema``).
+    """
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TrainSettings)})
+    if unknown:
+        raise TypeError(f"fit() got unknown settings {unknown}; the settings are "
+                        f"{', '.join(f.name for f in dataclasses.fields(TrainSettings))}")
+    trainer = Trainer(learner, tasks, val_tasks, TrainSettings(steps=steps, meta_batch=meta_batch, lr=lr, **settings),
+                      out, device=device, progress=progress)
+    return trainer.run()

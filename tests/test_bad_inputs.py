@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -18,6 +19,7 @@ from PIL import Image
 from conftest import index_data, tiny_protonet, tiny_sinusoid
 from fewshot.checkpoint import tensor_path
 from fewshot.cli import main
+from fewshot.datasets import omniglot
 from fewshot.datasets.omniglot import load_omniglot
 from fewshot.distributed import task_slice
 from fewshot.evaluate import evaluate
@@ -26,12 +28,27 @@ from fewshot.tasks.sinusoid import SinusoidTasks
 from fewshot.train import Trainer
 
 TABLE = Path(__file__).resolve().parent.parent / "docs" / "bad-inputs.md"
+MOLECULES = Path(__file__).resolve().parent / "data" / "molecules"
 
 
 class Case(NamedTuple):
     id: str
     what: str
     run: str | Callable[[Path], object]   # CLI arguments ("{d}" is the fixture directory), or an API call
+    setup: Callable[[Path, pytest.MonkeyPatch], None] | None = None   # the environment the row describes
+
+
+def hide_module(name: str) -> Callable[[Path, pytest.MonkeyPatch], None]:
+    """A ``setup`` under which ``import name`` (and its submodules) fails as if it were not installed."""
+    def setup(d: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        for module in [m for m in sys.modules if m == name or m.startswith(name + ".")] + [name]:
+            monkeypatch.setitem(sys.modules, module, None)
+    return setup
+
+
+def damage_embedded_background(d: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The package's background zip replaced (for this test) by a file that is not it."""
+    monkeypatch.setattr(omniglot, "EMBEDDED_BACKGROUND", d / "damaged-embedded.zip")
 
 
 CASES = [
@@ -68,7 +85,8 @@ CASES = [
          "train --dataset sinusoid --algo protonet --out {d}/r"),
     Case("api-split-unknown", "API: load_omniglot of an unknown split", lambda d: load_omniglot("train")),
     # -- data archives -------------------------------------------------------------------------------------
-    Case("data-missing", "a data root without the archive", "train --data-root {d}/nowhere --out {d}/r"),
+    Case("data-missing", "a data root without either archive (no fallback to the shipped background set)",
+         "train --data-root {d}/nowhere --out {d}/r"),
     Case("archive-empty-file", "an empty (0-byte) archive", "train --data-root {d}/empty-file --out {d}/r"),
     Case("archive-no-images", "a zip without Omniglot images", "train --data-root {d}/no-images --out {d}/r"),
     Case("archive-truncated", "a truncated archive", "train --data-root {d}/truncated --out {d}/r"),
@@ -76,6 +94,12 @@ CASES = [
     Case("image-wrong-size", "a 50x50 image inside the archive", "train --data-root {d}/wrong-size --out {d}/r"),
     Case("image-wrong-mode", "an RGB image inside the archive", "train --data-root {d}/wrong-mode --out {d}/r"),
     Case("download-into-file", "downloading into a path that is a file", "download omniglot --data-root {d}/a-file"),
+    Case("eval-data-missing", "eval on the evaluation set of a data root without it",
+         "eval {d}/proto --split evaluation --data-root {d}/nowhere"),
+    Case("embedded-background-damaged", "a data root without the background set, the package's copy damaged",
+         "eval {d}/proto --split evaluation --data-root {d}/eval-only", setup=damage_embedded_background),
+    Case("rdkit-missing", "a molecule dataset without RDKit installed",
+         "train --dataset tox21 --data-root {d}/molecules --steps 1 --out {d}/r", setup=hide_module("rdkit")),
     # -- config files --------------------------------------------------------------------------------------
     Case("config-missing", "a config file that does not exist", "train --config {d}/nope.yaml"),
     Case("config-syntax", "a config file that is not YAML", "train --config {d}/syntax.yaml"),
@@ -135,8 +159,9 @@ def png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def write_zip(root: Path, members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> Path:
-    path = root / "omniglot" / "images_background.zip"
+def write_zip(root: Path, members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED,
+              set_name: str = "background") -> Path:
+    path = root / "omniglot" / f"images_{set_name}.zip"
     path.parent.mkdir(parents=True)
     with zipfile.ZipFile(path, "w", compression) as archive:
         for name, data in members.items():
@@ -144,9 +169,9 @@ def write_zip(root: Path, members: dict[str, bytes], compression=zipfile.ZIP_DEF
     return path
 
 
-def omniglot_members(odd: Image.Image | None = None) -> dict[str, bytes]:
+def omniglot_members(odd: Image.Image | None = None, set_name: str = "background") -> dict[str, bytes]:
     """Ten alphabets of one character drawn twice (105x105, 1-bit); ``odd`` replaces the first image."""
-    members = {f"images_background/Alpha{a}/character01/0001_{i:02d}.png": png(Image.new("1", (105, 105), 1))
+    members = {f"images_{set_name}/Alpha{a}/character01/0001_{i:02d}.png": png(Image.new("1", (105, 105), 1))
                for a in range(10) for i in (1, 2)}
     if odd is not None:
         members["images_background/Alpha0/character01/0001_01.png"] = png(odd)
@@ -173,6 +198,9 @@ def d(tmp_path_factory) -> Path:
     write_zip(d / "wrong-size", omniglot_members(Image.new("1", (50, 50), 1)))
     write_zip(d / "wrong-mode", omniglot_members(Image.new("RGB", (105, 105), "white")))
     (d / "a-file").write_text("not a directory\n")
+    write_zip(d / "eval-only", omniglot_members(set_name="evaluation"), set_name="evaluation")
+    (d / "damaged-embedded.zip").write_bytes(b"not the archive fewshot ships\n")
+    shutil.copytree(MOLECULES / "tox21", d / "molecules" / "tox21")
     configs = {"lr-inf": "lr: .inf\n", "syntax": "ways: [1, 2\nlr: 3\n", "list": "- algo\n- maml\n",
                "unknown-key": "meta_batchsize: 4\n", "wrong-type": "ways: five\n", "lr-text": "lr: 1e-3\n",
                "seed": "seed: -1\n", "image-size": "image_size: 8\n", "holdout": "holdout_val: -1\n",
@@ -244,6 +272,8 @@ def documented() -> dict[str, tuple[str, str]]:
 def test_bad_input_is_refused_as_the_table_says(case, d, capsys, monkeypatch):
     monkeypatch.setenv("FEWSHOT_CACHE", str(d / "cache"))       # decoded once for the module, kept out of ~/.cache
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)   # device-no-gpu's answer on a GPU machine too
+    if case.setup is not None:
+        case.setup(d, monkeypatch)
     kind, message = answer(case, d, capsys)
     message = message.replace(str(d), "DIR")
     expected_kind, expected = documented()[case.id]

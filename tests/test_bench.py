@@ -80,15 +80,15 @@ def test_reproduce_trains_and_scores_a_recipe_without_the_evaluation_set(tmp_pat
 
 
 def test_checkpointed_inner_loop_is_exact_and_refuses_vmap():
-    from fewshot.learners.gradient import GradientLearner
+    from fewshot.learners.gradient import MAML, MetaSGD
     from fewshot.nets import Conv4
     from test_meta_gradients import image_batch, library_gradient, relative_error
 
     torch.manual_seed(0)
     net = Conv4(out_features=3, hidden=8, variant="pool").double()
     batch = image_batch(torch.float64)
-    plain = library_gradient(GradientLearner(net, 0.4, 3, learn_inner_lr=True), batch)
-    ckpt = library_gradient(GradientLearner(net, 0.4, 3, learn_inner_lr=True, checkpoint_inner=True), batch)
+    plain = library_gradient(MetaSGD(net, 0.4, 3), batch)
+    ckpt = library_gradient(MetaSGD(net, 0.4, 3).set_execution(checkpoint_inner=True), batch)
     assert relative_error(ckpt, plain) < 1e-12
     with pytest.raises(ValueError, match="task loop"):
-        GradientLearner(Conv4(out_features=3, norm="none"), 0.4, 1, vectorize=True, checkpoint_inner=True)
+        MAML(Conv4(out_features=3, norm="none"), 0.4, 1).set_execution(vectorize=True, checkpoint_inner=True)

@@ -20,9 +20,8 @@ from fewshot.learners.augmented import SupportAugmented
 from fewshot.learners.ensemble import Ensemble
 from fewshot.tasks.augment import random_affine
 from fewshot.tasks.episode import Episode, stack_episodes
-from fewshot.tasks.sources import fill_in, train_tasks, val_tasks
 from fewshot.tasks.seeding import generator
-from fewshot.train import Trainer, load_learner
+from fewshot.train import Trainer
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -66,16 +65,17 @@ def test_learner_device_is_its_parameters_device():
 
 
 class DeviceRecorder(Learner):
-    """A learner on ``device`` that scores every episode 1 and records the device each one arrived on."""
+    """A learner on ``device`` that scores every episode 1 (its episodes' query labels are ``0..Q-1``: identity
+    logits, made on the CPU since a ``meta`` tensor has no values) and records the device each one arrived on."""
 
     def __init__(self, device: str):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1, device=device))
         self.seen: list[torch.device] = []
 
-    def evaluate_episode(self, episode, steps=None) -> float:
+    def query_outputs(self, episode, steps=None) -> torch.Tensor:
         self.seen += [t.device for t in (episode.support_x, episode.support_y, episode.query_x, episode.query_y)]
-        return 1.0
+        return torch.eye(episode.query_x.shape[0])
 
 
 def test_the_evaluator_moves_each_episode_to_the_learners_device():
@@ -102,6 +102,7 @@ def test_mps_is_refused_where_apple_metal_is_missing(monkeypatch):
 def test_a_meta_gradient_on_the_gpu_is_the_cpus(net, tmp_path, monkeypatch):
     """The same weights and training episode give the same loss and meta-gradient on both devices."""
     monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
+    from fewshot.tasks.sources import fill_in, train_tasks   # the run-config layer (being rewritten)
     from fewshot.learners import build_learner
 
     config = fill_in(tiny_protonet(net=net, channels=8, queries=5, train_queries=5))
@@ -122,6 +123,8 @@ def test_a_run_trained_on_the_gpu_loads_scores_and_resumes_on_the_cpu(tmp_path, 
     steps drift apart, as float rounding does under Adam), and the GPU run's checkpoint loads on the CPU, scores
     the validation episodes as the GPU does, and resumes there."""
     monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
+    from fewshot.tasks.sources import val_tasks   # the run-config layer (being rewritten)
+
     config = tiny_protonet(steps=5, val_every=5, ema=0.9, queries=5, train_queries=5)
     first = {}
     for device in ("cpu", "cuda"):
@@ -130,6 +133,8 @@ def test_a_run_trained_on_the_gpu_loads_scores_and_resumes_on_the_cpu(tmp_path, 
         first[device] = json.loads((tmp_path / device / "metrics.jsonl").read_text().splitlines()[0])
     assert first["cuda"]["step"] == first["cpu"]["step"] == 1
     assert first["cuda"]["loss"] == pytest.approx(first["cpu"]["loss"], rel=1e-5)
+    from fewshot.train import load_learner   # the run-directory layer (being rewritten): imported where used
+
     on_cpu, cfg = load_learner(tmp_path / "cuda")
     on_gpu, _ = load_learner(tmp_path / "cuda")
     assert on_cpu.device.type == "cpu"
@@ -146,6 +151,7 @@ def test_a_run_trained_on_the_gpu_loads_scores_and_resumes_on_the_cpu(tmp_path, 
 @gpu
 def test_support_copies_and_ensembles_score_alike_on_both_devices(tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
+    from fewshot.tasks.sources import fill_in, val_tasks   # the run-config layer (being rewritten)
     from fewshot.learners import build_learner
 
     torch.manual_seed(0)

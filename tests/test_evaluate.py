@@ -11,7 +11,8 @@ from torch import nn
 
 from fewshot.datasets.labelled import LabelledData
 from fewshot.evaluate import confidence_interval, evaluate
-from fewshot.learners import GradientLearner, ProtoNet
+from fewshot.learners.gradient import MAML
+from fewshot.learners.protonet import ProtoNet
 from fewshot.nets import MLP, Conv4
 from fewshot.tasks.sampler import ClassificationTasks
 from fewshot.tasks.sinusoid import SinusoidTasks
@@ -89,7 +90,7 @@ def test_evaluate_restores_training_mode_and_checks_episodes():
 
 def test_test_time_inner_steps_change_a_gradient_learner():
     torch.manual_seed(0)
-    learner = GradientLearner(MLP(1, (40, 40), 1), inner_lr=0.01, inner_steps=1, task="regression")
+    learner = MAML(MLP(1, (40, 40), 1), inner_lr=0.01, inner_steps=1, task="regression")
     tasks = SinusoidTasks(shots=10, queries=10, seed=5)
     zero = evaluate(learner, tasks, episodes=8, inner_steps=0)
     five = evaluate(learner, tasks, episodes=8, inner_steps=5)

@@ -6,18 +6,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from fewshot.learners.gradient import GradientLearner, Reptile
+from fewshot.learners.gradient import ANIL, FOMAML, MAML, MetaSGD, Reptile
 from fewshot.nets import MLP, Conv4
 from fewshot.tasks.episode import TaskBatch
 
 import reference
 
-ALGOS = {  # name: (first_order, head_only, learn_inner_lr)
-    "maml": (False, False, False),
-    "fomaml": (True, False, False),
-    "anil": (False, True, False),
-    "metasgd": (False, False, True),
-}
+ALGOS = {"maml": MAML, "fomaml": FOMAML, "anil": ANIL, "metasgd": MetaSGD}
 
 
 def image_batch(dtype, tasks=3, ways=3, shots=2, queries=2, size=28, seed=0) -> TaskBatch:
@@ -44,11 +39,11 @@ def relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
 @pytest.mark.parametrize("variant", ["pool", "strided"])
 def test_conv4_batchnorm_meta_gradient_matches_reference(algo, dtype, tol, variant):
-    first_order, head_only, learn_lr = ALGOS[algo]
+    cls = ALGOS[algo]
+    first_order, learn_lr = cls.first_order, cls.learn_inner_lr
     torch.manual_seed(0)
     net = Conv4(out_features=3, hidden=8, variant=variant, norm="batch").to(dtype)
-    learner = GradientLearner(net, inner_lr=0.4, inner_steps=2, first_order=first_order,
-                              head_only=head_only, learn_inner_lr=learn_lr)
+    learner = cls(net, inner_lr=0.4, inner_steps=2)
     if learn_lr:  # distinct per-entry step sizes, so a mix-up of entries would show
         with torch.no_grad():
             for lr in learner.inner_lrs:
@@ -69,8 +64,8 @@ def test_second_order_differs_from_first_order():
     net = Conv4(out_features=3, hidden=8, variant="strided")
     batch = image_batch(torch.float64)
     net = net.double()
-    maml = library_gradient(GradientLearner(net, 0.4, 1), batch)
-    fomaml = library_gradient(GradientLearner(net, 0.4, 1, first_order=True), batch)
+    maml = library_gradient(MAML(net, 0.4, 1), batch)
+    fomaml = library_gradient(FOMAML(net, 0.4, 1), batch)
     assert relative_error(fomaml, maml) > 1e-3
 
 
@@ -84,7 +79,7 @@ def sinusoid_batch(tasks=2, shots=4, seed=0) -> TaskBatch:
 def test_maml_meta_gradient_matches_finite_differences():
     torch.manual_seed(0)
     net = MLP(1, (4,), 1).double()
-    learner = GradientLearner(net, inner_lr=0.1, inner_steps=2, task="regression")
+    learner = MAML(net, inner_lr=0.1, inner_steps=2, task="regression")
     batch = sinusoid_batch()
     ours = torch.cat([g.flatten() for g in library_gradient(learner, batch)])
     flat = torch.cat([p.detach().flatten() for p in net.parameters()])
@@ -107,14 +102,14 @@ def test_vectorized_tasks_match_the_loop():
     torch.manual_seed(0)
     net = Conv4(out_features=3, hidden=8, variant="strided", norm="none").double()
     batch = image_batch(torch.float64)
-    loop = library_gradient(GradientLearner(net, 0.4, 2), batch)
-    vmapped = library_gradient(GradientLearner(net, 0.4, 2, vectorize=True), batch)
+    loop = library_gradient(MAML(net, 0.4, 2), batch)
+    vmapped = library_gradient(MAML(net, 0.4, 2).set_execution(vectorize=True), batch)
     assert relative_error(vmapped, loop) < 1e-10
 
 
 def test_vectorize_with_batchnorm_second_order_is_refused():
     with pytest.raises(ValueError, match="wrong meta-gradients"):
-        GradientLearner(Conv4(out_features=3), 0.4, 1, vectorize=True)
+        MAML(Conv4(out_features=3), 0.4, 1).set_execution(vectorize=True)
 
 
 def test_reptile_meta_gradient_is_theta_minus_mean_adapted():
@@ -143,8 +138,8 @@ def test_multi_step_loss_is_the_mean_of_the_per_step_query_losses(vectorize):
     torch.manual_seed(0)
     net = MLP(1, (6,), 1).double()
     batch = sinusoid_batch(tasks=3)
-    msl = GradientLearner(net, 0.1, 3, task="regression", multi_step_loss=True, vectorize=vectorize)
-    per_step = [GradientLearner(net, 0.1, k, task="regression") for k in (1, 2, 3)]
+    msl = MAML(net, 0.1, 3, task="regression", multi_step_loss=True).set_execution(vectorize=vectorize)
+    per_step = [MAML(net, 0.1, k, task="regression") for k in (1, 2, 3)]
     loss, _ = msl.meta_loss(batch)
     expected = torch.stack([learner.meta_loss(batch)[0] for learner in per_step]).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
@@ -153,4 +148,4 @@ def test_multi_step_loss_is_the_mean_of_the_per_step_query_losses(vectorize):
     mean = [sum(g[i] for g in grads) / 3 for i in range(len(ours))]
     assert relative_error(ours, mean) < 1e-10
     # without it, only the last step counts
-    assert relative_error(library_gradient(GradientLearner(net, 0.1, 3, task="regression"), batch), grads[-1]) < 1e-12
+    assert relative_error(library_gradient(MAML(net, 0.1, 3, task="regression"), batch), grads[-1]) < 1e-12

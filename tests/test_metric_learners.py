@@ -13,7 +13,7 @@ from fewshot.learners.base import Learner
 from fewshot.learners.finetune import FineTune
 from fewshot.tasks.pretrain import PretrainBatches
 from fewshot.learners.matching import MatchingNet, attention_log_probs, cosine_attention
-from fewshot.learners.protonet import ProtoNet, mahalanobis_logits
+from fewshot.learners.protonet import MahalanobisProtoNet, ProtoNet, mahalanobis_logits
 from fewshot.learners.relation import RelationModule, RelationNet, class_features, relation_encoder
 from fewshot.learners.siamese import SiameseNet
 from fewshot.nets import Conv4
@@ -88,9 +88,17 @@ def test_mahalanobis_logits_have_exact_gradients_and_allow_one_shot_classes():
     assert torch.autograd.gradcheck(lambda s, q: mahalanobis_logits(s, labels, q, 3), (support, query))
 
 
-def test_protonet_distance_is_validated():
-    with pytest.raises(ValueError, match="mahalanobis"):
+def test_protonet_distance_is_chosen_by_class():
+    """The distance is the class (ProtoNet or MahalanobisProtoNet), not an argument that could be misspelt."""
+    with pytest.raises(TypeError):
         ProtoNet(mlp(), "cosine")
+    torch.manual_seed(0)
+    learner = MahalanobisProtoNet(mlp())
+    ep = ClassificationTasks(TRAIN, ways=3, shots=3, queries=2, seed=0)[0]
+    with torch.no_grad():
+        z = learner.encoder(torch.cat([ep.support_x, ep.query_x]))
+        expected = mahalanobis_logits(z[:9], ep.support_y, z[9:], 3)
+        torch.testing.assert_close(learner.episode_logits(ep), expected)
 
 
 # --- Matching networks --------------------------------------------------------------------------------------
@@ -136,8 +144,8 @@ def test_full_context_embeddings_depend_on_the_whole_support_set(fce):
     ep = ClassificationTasks(TRAIN, ways=5, shots=1, queries=2, seed=0)[0]
     changed_x = ep.support_x.clone()
     changed_x[-1] += 1.0                                          # change only the last support example
-    before = learner.adapt(ep.support_x, ep.support_y).embeddings
-    after = learner.adapt(changed_x, ep.support_y).embeddings
+    before = learner.context_embeddings(ep.support_x, ep.support_y)
+    after = learner.context_embeddings(changed_x, ep.support_y)
     others_changed = not torch.allclose(before[:-1], after[:-1])
     assert others_changed == fce                                  # FCE mixes context; plain matching does not
     assert before.shape == (5, 32)
@@ -212,6 +220,8 @@ def test_finetune_adapt_under_no_grad_fits_the_support_set(last_block):
     learner = FineTune(Conv4(hidden=8), num_train_classes=10, head_steps=100, finetune_last_block=last_block)
     x, y = separable_images()
     before = {n: p.clone() for n, p in learner.named_parameters()}
+    fitted, fit = [], learner._fit                             # the head (and block) predict fits on the support set
+    learner._fit = lambda *args: fitted.append(fit(*args)) or fitted[-1]
     with torch.no_grad():                                      # as the evaluator calls it
         adapted = learner.adapt(x, y)
         logits = learner.predict(adapted, x)
@@ -219,7 +229,7 @@ def test_finetune_adapt_under_no_grad_fits_the_support_set(last_block):
     assert float((logits.argmax(1) == y).float().mean()) == 1.0
     assert all(torch.equal(p, before[n]) for n, p in learner.named_parameters())   # the encoder is untouched
     assert all(p.grad is None for p in learner.parameters())
-    assert (adapted.block is not None) == last_block
+    assert len(fitted) == 1 and (fitted[0].block is not None) == last_block
 
 
 def test_finetune_steps_override_head_steps():
@@ -251,7 +261,7 @@ def test_finetune_pretrains_in_the_common_loop_and_refuses_n_way_episodes():
     loss, _ = learner.pretrain_loss(batch.support_x[0], batch.support_y[0])
     assert metrics["loss"] == pytest.approx(loss.item())
     assert learner.head.weight.grad is not None and learner.head.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="PretrainBatches"):
+    with pytest.raises(ValueError, match="not on N-way episodes.*training_tasks"):
         learner.episode_loss(toy_test_tasks()[0])
     with pytest.raises(ValueError, match="num_train_classes"):
         learner.pretrain_loss(batch.support_x[0], batch.support_y[0] + TRAIN.num_classes)
@@ -274,7 +284,7 @@ def toy_learners() -> dict[str, Learner]:
     torch.manual_seed(0)
     return {
         "matching": MatchingNet(mlp()),
-        "protonet-mahalanobis": ProtoNet(mlp(), "mahalanobis"),
+        "protonet-mahalanobis": MahalanobisProtoNet(mlp()),
         "matching-fce": MatchingNet(mlp(), fce=True, feature_dim=32, process_steps=3),
         "relation": RelationNet(mlp(), nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))),
         "siamese": SiameseNet(mlp()),

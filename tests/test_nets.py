@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from conftest import tiny_protonet
-from fewshot.learners import build_learner
 from fewshot.nets import Conv4
 from fewshot.nets.conv4 import output_side
 
@@ -47,6 +46,8 @@ def test_a_head_sits_on_the_flattened_feature():
 
 
 def test_run_config_sets_the_width_and_pooling_of_every_conv_learner():
+    from fewshot.learners import build_learner   # the run-config layer (being rewritten)
+
     for algo in ("protonet", "matching", "siamese", "maml"):
         config = tiny_protonet(algo=algo, ways=5, train_ways=None, channels=8, pooling="flatten", image_size=56)
         learner = build_learner(config)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import re
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -12,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fewshot.datasets import omniglot
 from fewshot.datasets.labelled import LabelledData
 from fewshot.datasets.omniglot import list_alphabets, load_omniglot
 
@@ -320,3 +324,85 @@ def test_embedded_background_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     vinyals_val = load_omniglot("vinyals-val", cache_dir=tmp_path)  # background alphabets only, from the cache
     assert time.perf_counter() - start < 2
     assert vinyals_val.num_classes == 688 and len(vinyals_val) == 688 * 20
+
+
+# -- the shipped background set as a fallback ------------------------------------------------------------
+
+
+def _evaluation_only_root(root: Path) -> Path:
+    """A data root holding only ``omniglot/images_evaluation.zip`` (one fake evaluation alphabet)."""
+    _write_zip(root / "omniglot" / "images_evaluation.zip", _layout("evaluation", EVALUATION, first_id=100))
+    return root
+
+
+def test_evaluation_only_root_reads_the_shipped_background_set(tmp_path: Path, cache: Path) -> None:
+    """``fewshot eval RUN --split evaluation --data-root DIR`` with DIR holding only the evaluation zip: every
+    reader of the background set (list_alphabets, load_omniglot, the Vinyals splits) falls back to the copy
+    in the package, once its checksum is verified."""
+    root = _evaluation_only_root(tmp_path / "data")
+    assert omniglot._find_source(root, "background") == omniglot.EMBEDDED_BACKGROUND
+    shipped = list_alphabets("background", None)
+    assert len(shipped) == 30 and list_alphabets("background", root) == shipped
+    assert list_alphabets("evaluation", root) == ["Tengwar"]
+    greek = _load("background", root, cache, alphabets=["Greek"])
+    assert greek.num_classes == 24 and len(greek) == 24 * 20
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "train.txt").write_text("Greek/character01/rot090\nTengwar/character02/rot000\n")
+    mixed = _load("vinyals-train", root, cache, splits_dir=splits)
+    assert mixed.class_names == ("Greek/character01/rot090", "Tengwar/character02/rot000")
+    torch.testing.assert_close(mixed.x[mixed.y == 0], torch.rot90(greek.x[greek.y == 0], 1, dims=(-2, -1)))
+
+
+def test_extracted_evaluation_folder_also_falls_back(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    with zipfile.ZipFile(_evaluation_only_root(tmp_path / "zipped") / "omniglot" / "images_evaluation.zip") as zf:
+        zf.extractall(root / "omniglot")
+    assert omniglot._find_source(root, "background") == omniglot.EMBEDDED_BACKGROUND
+
+
+def test_own_background_set_wins_over_the_shipped_one(root: Path) -> None:
+    assert omniglot._find_source(root, "background") == root / "omniglot" / "images_background.zip"
+    assert list_alphabets("background", root) == ["Greek", "Latin"]
+
+
+def test_root_without_either_set_still_names_the_background_archive(tmp_path: Path, cache: Path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "omniglot").mkdir(parents=True)
+    for call in (lambda: list_alphabets("background", empty), lambda: _load("background", empty, cache)):
+        with pytest.raises(FileNotFoundError) as info:
+            call()
+        assert f"looked for {empty / 'omniglot' / 'images_background.zip'} and" in str(info.value)
+
+
+def test_shipped_background_set_passes_its_check() -> None:
+    assert omniglot.embedded_background() == omniglot.EMBEDDED_BACKGROUND
+
+
+def test_damaged_shipped_background_set_is_refused(tmp_path: Path, cache: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _evaluation_only_root(tmp_path / "data")
+    damaged = tmp_path / "package" / "images_background.zip"
+    shutil.copytree(omniglot.EMBEDDED_BACKGROUND.parent, damaged.parent,
+                    ignore=shutil.ignore_patterns("splits"))
+    blob = bytearray(damaged.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF                                   # one flipped byte: still a readable zip
+    damaged.write_bytes(bytes(blob))
+    monkeypatch.setattr(omniglot, "EMBEDDED_BACKGROUND", damaged)
+    expected = rf"shipped with fewshot, {re.escape(str(damaged))}, fails its checksum \(MD5 [0-9a-f]{{32}}\)"
+    for call in (lambda: list_alphabets("background", root), lambda: _load("background", root, cache),
+                 lambda: _load("vinyals-train", root, cache)):        # the real train.txt: both sets
+        with pytest.raises(ValueError, match=expected):
+            call()
+    monkeypatch.setattr(omniglot, "EMBEDDED_BACKGROUND", tmp_path / "package" / "gone.zip")
+    with pytest.raises(FileNotFoundError, match="shipped with fewshot, .*gone.zip, is missing"):
+        list_alphabets("background", root)
+
+
+def test_official_archive_in_the_package_passes_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check accepts the official archive by its MD5 (download.OMNIGLOT_MD5), not only the shipped bytes."""
+    official = _write_zip(tmp_path / "package" / "images_background.zip", _layout("background", {"Greek": 1}))
+    monkeypatch.setattr(omniglot, "EMBEDDED_BACKGROUND", official)
+    monkeypatch.setitem(omniglot.OMNIGLOT_MD5, "images_background.zip",
+                        hashlib.md5(official.read_bytes()).hexdigest())
+    assert list_alphabets("background", _evaluation_only_root(tmp_path / "data")) == ["Greek"]

@@ -70,17 +70,34 @@ ATOM_FIELDS = (("element", len(ELEMENTS) + 1), ("degree", 7), ("charge", 5), ("h
 BOND_FIELDS = (("type", 4), ("conjugated", 2), ("ring", 2))
 
 
-class MissingRDKitError(ImportError):
-    """RDKit (or scikit-learn) is needed but not installed."""
+RDKIT_HINT = "molecule datasets need RDKit: pip install -e '.[chem]' (or pip install rdkit)"
+
+
+class MissingDependency(ValueError):
+    """An optional dependency (the ``chem`` extra: RDKit, scikit-learn) is not installed.
+
+    A ``ValueError``, like every other input the user can fix, so that the ``fewshot`` command answers
+    with exit status 2 and one line naming the install command instead of a traceback.
+    """
+
+
+class MissingRDKitError(MissingDependency, ImportError):
+    """RDKit is needed but cannot be imported (also an ``ImportError``, as it was before)."""
+
+
+def _import_rdkit(module: str = "rdkit.Chem"):
+    """``module`` of RDKit, imported on first use (``import fewshot`` works without RDKit)."""
+    try:
+        return __import__(module, fromlist=["__name__"])      # the leaf module, as importlib.import_module
+    except ImportError as err:
+        absent = isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] == "rdkit"
+        raise MissingRDKitError(RDKIT_HINT + ("" if absent else f"; importing {module} failed: {err}")) from None
 
 
 def require_rdkit():
-    """The ``rdkit.Chem`` module, or a :class:`MissingRDKitError` naming the install command."""
-    try:
-        from rdkit import Chem, RDLogger
-    except ImportError:
-        raise MissingRDKitError("molecule featurization needs RDKit: pip install -e '.[chem]'") from None
-    RDLogger.DisableLog("rdApp.*")
+    """The ``rdkit.Chem`` module, or a :class:`MissingRDKitError` (a :class:`MissingDependency`)."""
+    Chem = _import_rdkit("rdkit.Chem")
+    _import_rdkit("rdkit.RDLogger").DisableLog("rdApp.*")
     return Chem
 
 
@@ -236,8 +253,7 @@ def parse_smiles(smiles: str):
 def descriptor_functions() -> list[tuple[str, object]]:
     """``(name, function)`` of the RDKit 2D descriptors of :func:`descriptor_functions`, in RDKit's order."""
     require_rdkit()
-    from rdkit.Chem import Descriptors
-
+    Descriptors = _import_rdkit("rdkit.Chem.Descriptors")
     return [(n, f) for n, f in Descriptors._descList if n not in SLOW_DESCRIPTORS]
 
 
@@ -259,7 +275,7 @@ def _bond_rows(bond) -> list[list[int]]:
 def _compute(smiles: Sequence[str], spec: FeaturizerSpec, desc: str) -> dict[str, np.ndarray]:
     """Featurize with RDKit: the arrays of the cache file."""
     require_rdkit()
-    from rdkit.Chem import rdFingerprintGenerator
+    rdFingerprintGenerator = _import_rdkit("rdkit.Chem.rdFingerprintGenerator")
 
     gen = rdFingerprintGenerator.GetMorganGenerator(radius=spec.radius, fpSize=spec.size)
     descriptors = descriptor_functions() if spec.kind == "ecfp+desc" else []

@@ -14,6 +14,12 @@ Splits:
         evaluation alphabets), so the evaluation archive is needed unless every
         alphabet asked for is a background one (``vinyals-val`` is).
 
+The background set ships with the package (``fewshot/datasets/data/omniglot/``). A data
+root that holds the evaluation set but not the background one (neither
+``images_background.zip`` nor the extracted folder) reads the shipped copy instead, once
+its checksum is verified (:func:`embedded_background`); a data root without either set
+is refused naming the missing archive, as it is most likely a mistyped path.
+
 Image processing, in order:
     1. decode the PNG with Pillow and convert it to 8-bit grayscale;
     2. resize 105 -> ``image_size`` with Pillow's ``BILINEAR`` filter (on a
@@ -47,6 +53,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fewshot.datasets.download import OMNIGLOT_MD5
 from fewshot.datasets.labelled import LabelledData
 from fewshot.files import atomic_write, cache_root
 
@@ -57,6 +64,11 @@ ROTATIONS = (0, 90, 180, 270)
 ORIGINAL_SIZE = 105
 PACKAGE_DATA_ROOT = Path(__file__).resolve().parent / "data"
 DEFAULT_SPLITS_DIR = PACKAGE_DATA_ROOT / "omniglot" / "splits" / "vinyals"
+EMBEDDED_BACKGROUND = PACKAGE_DATA_ROOT / "omniglot" / "images_background.zip"
+# The shipped background zip is not byte for byte the official archive (MD5 in download.OMNIGLOT_MD5): it
+# was rebuilt with its 19,280 PNGs stored uncompressed and without folder entries (8,704,330 bytes, not
+# 9,464,212). It is accepted if it is either that official archive or exactly the file fewshot ships.
+EMBEDDED_BACKGROUND_SHA256 = "af0187d3e3e081c3e7fe523f0c4e048ea85423ef07a177373da84568f004eeae"
 
 _ALLOWED_MODES = ("1", "L")
 _CACHE_FORMAT = 1
@@ -116,6 +128,7 @@ def load_omniglot(
         data_root: folder holding ``omniglot/images_<set>.zip`` or the extracted
             ``omniglot/images_<set>/``. ``None``: ``$FEWSHOT_DATA_ROOT`` if set,
             else the background zip shipped with the package (no evaluation set).
+            A folder with the evaluation set only reads the shipped background set.
         image_size: side ``S`` of the returned images.
         rotations: add the 90/180/270 degree rotations of each character as
             classes of their own. ``None``: on for the ``vinyals-*`` splits (as
@@ -184,19 +197,74 @@ def resolve_data_root(data_root: str | Path | None) -> Path:
 
 
 def _find_source(root: Path, set_name: str) -> Path:
-    """The zip ``<root>/omniglot/images_<set>.zip``, else the extracted folder next to it."""
+    """The zip ``<root>/omniglot/images_<set>.zip``, else the extracted folder next to it.
+
+    The background set falls back to the package's copy (:func:`embedded_background`) when ``root``
+    holds the evaluation set; otherwise a missing set is a ``FileNotFoundError`` naming both paths.
+    """
     archive = root / "omniglot" / f"images_{set_name}.zip"
     folder = root / "omniglot" / f"images_{set_name}"
     if archive.is_file():
-        return archive
+        return embedded_background() if _is_embedded(archive) else archive
     if folder.is_dir():
         return folder
+    if set_name == "background" and _holds_set(root, "evaluation"):
+        return embedded_background()
     raise FileNotFoundError(
         f"Omniglot {set_name} set not found: looked for {archive} and {folder}/. "
         f"Fix: pass --data-root DIR (data_root=DIR, or set FEWSHOT_DATA_ROOT) where DIR holds "
         f"omniglot/images_{set_name}.zip, or fetch it with `fewshot download omniglot --data-root DIR`."
         + (" The package ships only the background set." if set_name == "evaluation" else "")
     )
+
+
+def _holds_set(root: Path, set_name: str) -> bool:
+    folder = root / "omniglot"
+    return (folder / f"images_{set_name}.zip").is_file() or (folder / f"images_{set_name}").is_dir()
+
+
+def _is_embedded(path: Path) -> bool:
+    try:
+        return path.resolve() == EMBEDDED_BACKGROUND.resolve()
+    except OSError:
+        return False
+
+
+_verified: dict[tuple[str, int, int], bool] = {}
+
+
+def embedded_background() -> Path:
+    """The background zip shipped with the package, after checking its bytes.
+
+    It must be the official archive (MD5 of :data:`~fewshot.datasets.download.OMNIGLOT_MD5`) or the
+    exact file fewshot ships (:data:`EMBEDDED_BACKGROUND_SHA256`); the check runs once per process
+    (again if the file's size or modification time changes).
+
+    Raises:
+        FileNotFoundError: the file is missing from the installation.
+        ValueError: it fails the check (a damaged or altered installation).
+    """
+    path = EMBEDDED_BACKGROUND
+    fix = ("Fix: reinstall fewshot, or pass --data-root DIR where DIR holds omniglot/images_background.zip "
+           "(`fewshot download omniglot --data-root DIR` fetches the official archives).")
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise FileNotFoundError(f"the Omniglot background set shipped with fewshot, {path}, is missing "
+                                f"({err.strerror}). {fix}") from None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _verified:
+        md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                md5.update(chunk)
+                sha256.update(chunk)
+        official = md5.hexdigest() == OMNIGLOT_MD5["images_background.zip"]
+        if not official and sha256.hexdigest() != EMBEDDED_BACKGROUND_SHA256:
+            raise ValueError(f"the Omniglot background set shipped with fewshot, {path}, fails its checksum "
+                             f"(MD5 {md5.hexdigest()}): the installation is damaged. {fix}")
+        _verified[key] = True
+    return path
 
 
 @contextmanager

@@ -15,7 +15,6 @@ import torch
 
 from fewshot.learners.base import Learner
 from fewshot.tasks.augment import random_affine
-from fewshot.tasks.episode import Episode
 from fewshot.tasks.seeding import generator
 
 
@@ -28,7 +27,7 @@ class SupportAugmented(Learner):
     """
 
     def __init__(self, learner: Learner, copies: int, seed: int = 0):
-        super().__init__()
+        super().__init__(batchnorm=learner.batchnorm)
         if copies < 1:
             raise ValueError(f"support augmentation needs at least one distorted copy, got {copies}")
         self.learner, self.copies, self.seed = learner, copies, seed
@@ -45,8 +44,3 @@ class SupportAugmented(Learner):
 
     def predict(self, adapted: Any, query_x: torch.Tensor) -> torch.Tensor:
         return self.learner.predict(adapted, query_x)
-
-    @torch.no_grad()
-    def query_outputs(self, episode: Episode, steps: int | None = None) -> torch.Tensor:
-        support_x, support_y = self.augment(episode.support_x, episode.support_y)
-        return self.learner.query_outputs(Episode(support_x, support_y, episode.query_x, episode.query_y), steps)

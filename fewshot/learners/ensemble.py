@@ -10,7 +10,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from fewshot.learners.base import Learner
-from fewshot.tasks.episode import Episode
 
 
 def resize_images(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -28,9 +27,8 @@ class Ensemble(Learner):
 
     ``sizes[i]``: the image side member ``i`` was trained at (``None`` for non-image inputs); episodes are
     given at the largest side and resized for each member. ``steps[i]``: member ``i``'s own test-time
-    inner steps, used when a call passes ``steps=None``. Scoring an episode uses each member's own
-    :meth:`~fewshot.learners.base.Learner.query_outputs` (joint-embedding learners embed support and
-    query together there)."""
+    inner steps, used when a call passes ``steps=None``. Each member keeps its own way of adapting
+    (joint-embedding learners embed support and query together when predicting)."""
 
     def __init__(self, members: Sequence[Learner], sizes: Sequence[int | None] | None = None,
                  steps: Sequence[int | None] | None = None):
@@ -58,14 +56,6 @@ class Ensemble(Learner):
         return mean_log_probs([m.predict(state, resize_images(query_x, self.sizes[i]))
                                for i, (m, state) in enumerate(zip(self.members, adapted))])
 
-    @torch.no_grad()
-    def query_outputs(self, episode: Episode, steps: int | None = None) -> torch.Tensor:
-        outputs = []
-        for i, member in enumerate(self.members):
-            resized = Episode(resize_images(episode.support_x, self.sizes[i]), episode.support_y,
-                              resize_images(episode.query_x, self.sizes[i]), episode.query_y)
-            outputs.append(member.query_outputs(resized, self._steps(i, steps)))
-        return mean_log_probs(outputs)
 
 
 def mean_log_probs(logits: Sequence[torch.Tensor]) -> torch.Tensor:

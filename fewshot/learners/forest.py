@@ -8,10 +8,14 @@ on the same episodes as every other learner.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
+from fewshot.datasets.featurize import MissingDependency
 from fewshot.learners.base import Learner
+from fewshot.registry import BuildContext, register_learner
 
 
 class RandomForest(Learner):
@@ -29,7 +33,8 @@ class RandomForest(Learner):
         try:
             from sklearn.ensemble import RandomForestClassifier
         except ImportError:
-            raise ImportError("the random-forest learner needs scikit-learn: pip install -e '.[chem]'") from None
+            raise MissingDependency("the random-forest learner needs scikit-learn: pip install -e '.[chem]' (or pip "
+                                    "install scikit-learn)") from None
         self._forest_class, self.trees, self.seed = RandomForestClassifier, trees, seed
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None):
@@ -45,3 +50,19 @@ class RandomForest(Learner):
         proba = np.zeros((query_x.shape[0], ways))
         proba[:, adapted.classes_] = adapted.predict_proba(query_x.numpy())
         return torch.from_numpy(np.log(np.clip(proba, 1e-6, None))).float()
+
+
+@dataclass
+class ForestOptions:
+    """The ``learner`` section of random-forest runs."""
+
+    trees: int = 100
+
+    def validate(self) -> None:
+        if self.trees < 1:
+            raise ValueError(f"trees must be >= 1, got {self.trees}")
+
+
+@register_learner("forest", options=ForestOptions, nets=())
+def _build(options: ForestOptions, context: BuildContext) -> RandomForest:
+    return RandomForest(options.trees, seed=context.seed)

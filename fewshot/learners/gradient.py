@@ -1,21 +1,31 @@
 """Gradient-based meta-learners: MAML, first-order MAML, ANIL, Meta-SGD and Reptile.
 
-All five share one functional inner loop: the model's parameters are a dict, the model runs
-through ``torch.func.functional_call``, the support loss is differentiated with
-``torch.autograd.grad`` (``torch.func.grad`` inside ``vmap``), and the fast weights are
-``theta - alpha * grad``. Any unmodified ``nn.Module`` works. ``torch.autograd.grad`` in the
-task loop, because ``torch.func.grad`` records a second-order support step at two autograd
-levels and so held about twice the memory of a plain loop (135 vs 60 MB for the strided
-Conv-4, 5-way 1-shot, meta-batch 32; ``fewshot bench speed``). Second order (MAML, Meta-SGD) keeps the inner gradient in the
-graph, so the outer loss is differentiated through the inner steps:
-``sum_i L_i(theta - alpha * grad L_i(theta))``. First order (FOMAML, Reptile) detaches it.
+All five share one functional inner loop (:meth:`GradientLearner.inner_loop`): the model's parameters are
+a dict, the model runs through ``torch.func.functional_call`` (:func:`functional_forward`), the support
+loss is differentiated, and the fast weights are ``theta - alpha * grad``. Any unmodified ``nn.Module``
+works, including one that registers a submodule under two names or ties parameters. Second order (MAML,
+ANIL, Meta-SGD) keeps the inner gradient in the graph, so the outer loss is differentiated through the
+inner steps: ``sum_i L_i(theta - alpha * grad L_i(theta))``. First order (FOMAML, Reptile) detaches it.
 
-BatchNorm: with the library's nets (``track_running_stats=False``) every forward pass
-uses the statistics of the batch it is given, i.e. of one task's support set while
-adapting and of its query set when predicting (the MAML paper's transductive setting).
+Frozen parameters (``requires_grad=False``) are never adapted and never moved.
+
+Execution options (:meth:`GradientLearner.set_execution`) change how, not what, is computed:
+``vectorize`` runs the tasks of a meta-batch through ``torch.func.vmap`` in one call (the inner gradient
+then comes from ``torch.func.grad``); ``checkpoint_inner`` recomputes each inner step in the meta-backward
+instead of storing it. The default is a loop over tasks with a backward per task and the inner gradient
+from ``torch.autograd.grad``: ``torch.func.grad`` records a second-order support step at two autograd
+levels and held about twice the memory (135 vs 60 MB for the strided Conv-4, 5-way 1-shot, meta-batch 32;
+``fewshot bench speed``).
+
+BatchNorm: with the library's nets (``track_running_stats=False``), and for any module under the default
+``batchnorm="batch"``, every forward pass uses the statistics of the batch it is given, i.e. of one task's
+support set while adapting and of its query set when predicting (the MAML paper's transductive setting).
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -23,145 +33,174 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.checkpoint import checkpoint
 
 from fewshot.learners.base import Learner, Task, mean_metrics, metric_name, task_loss, task_metric
+from fewshot.registry import BuildContext, register_learner
 from fewshot.tasks.episode import Episode, RaggedTaskBatch, TaskBatch
 
 Params = dict[str, torch.Tensor]
 
 
+def parameter_slots(model: nn.Module) -> list[tuple[str, str]]:
+    """``(name, canonical name)`` for every place a parameter sits in ``model``, each place once.
+
+    A submodule registered under two names (``self.net = nn.Sequential(self.seq, self.head)``) is one place
+    reached by two names: it is listed once, so that replacing its weights swaps them once (``functional_call``
+    with weight tying swaps such a place twice and leaves the module holding the fast weights). Tied
+    parameters in two modules are two places with one canonical name (the one ``named_parameters()`` gives).
+    """
+    canonical = {id(p): name for name, p in model.named_parameters()}
+    slots, seen = [], set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owner, _, attr = name.rpartition(".")
+        place = (id(model.get_submodule(owner)), attr)
+        if place not in seen:
+            seen.add(place)
+            slots.append((name, canonical[id(p)]))
+    return slots
+
+
+def functional_forward(model: nn.Module, slots: list[tuple[str, str]], params: Params, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` with its parameters replaced by ``params`` (keyed by canonical names, see
+    :func:`parameter_slots`); buffers are the module's own."""
+    return functional_call(model, {name: params[canon] for name, canon in slots}, (x,), tie_weights=False,
+                           strict=False)
+
+
+@dataclass
+class Execution:
+    """How a gradient learner runs a meta-batch (not what it computes)."""
+
+    vectorize: bool = False          # all tasks of a meta-batch in one torch.func.vmap call
+    checkpoint_inner: bool = False   # recompute each second-order inner step in the meta-backward
+
+
 class GradientLearner(Learner):
-    """The MAML family behind one inner loop.
+    """The MAML family behind one inner loop; subclasses choose what is adapted and how.
 
     Args:
-        model: any ``nn.Module`` mapping inputs to logits or values.
-        inner_lr: the inner step size alpha (the initial value when ``learn_inner_lr``).
+        model: any ``nn.Module`` mapping inputs to logits ``[B, N]`` (or values ``[B, d]``).
+        inner_lr: the inner step size alpha (the initial value of Meta-SGD's learned step sizes).
         inner_steps: inner gradient steps during meta-training (``adapt(steps=)`` overrides).
-        first_order: drop the second-order terms (FOMAML).
-        head_only: adapt only the parameters of the submodule named ``head`` (ANIL).
-        learn_inner_lr: a learned step size per parameter entry (Meta-SGD).
         task: ``"classification"`` (cross-entropy, accuracy) or ``"regression"`` (MSE).
         multi_step_loss: meta-train on the mean of the query losses after each of the
             ``inner_steps`` steps instead of the last one only (MAML++'s multi-step loss,
             Antoniou et al. 2019): the initialisation is then good after one step and
             stays stable over many, where a one-step objective can make it sharp.
-        vectorize: run the tasks of a meta-batch through ``torch.func.vmap`` in one call
-            instead of a loop with a backward per task. Exact for networks without
-            ``nn.BatchNorm``; refused with BatchNorm and second order, where vmap's
-            batching rule gives wrong meta-gradients (torch 2.13).
-        checkpoint_inner: recompute each inner step's support forward and backward during the
-            meta-backward instead of storing them (``torch.utils.checkpoint``): less memory
-            for many inner steps or large support sets, for about one more support pass per step.
+        batchnorm: ``"batch"`` or ``"running"`` (:mod:`fewshot.learners.base`).
     """
 
-    def __init__(self, model: nn.Module, inner_lr: float, inner_steps: int, first_order: bool = False,
-                 head_only: bool = False, learn_inner_lr: bool = False, task: Task = "classification",
-                 multi_step_loss: bool = False, vectorize: bool = False, checkpoint_inner: bool = False):
-        super().__init__()
+    first_order = False       # drop the second-order terms of the meta-gradient
+    head_only = False         # adapt only the parameters of the submodule named ``head``
+    learn_inner_lr = False    # a learned step size per adapted parameter entry
+
+    def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1, *,
+                 task: Task = "classification", multi_step_loss: bool = False, batchnorm: str = "batch"):
+        super().__init__(batchnorm=batchnorm)
         if not inner_lr > 0:
             raise ValueError(f"inner_lr must be > 0, got {inner_lr}")
         if not isinstance(inner_steps, int) or inner_steps < 0:
             raise ValueError(f"inner_steps must be an integer >= 0, got {inner_steps!r}")
-        self.model, self.inner_lr, self.inner_steps = model, inner_lr, inner_steps
-        self.first_order, self.task, self.vectorize = first_order, task, vectorize
+        if task not in ("classification", "regression"):
+            raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+        self.model, self.inner_lr, self.inner_steps, self.task = model, inner_lr, inner_steps, task
         self.multi_step_loss = multi_step_loss
-        if checkpoint_inner and vectorize:
-            raise ValueError("checkpoint_inner=True works with the task loop only; drop vectorize=True")
-        self.checkpoint_inner = checkpoint_inner
-        names = [n for n, _ in model.named_parameters()]
-        self.adapt_names = [n for n in names if n.startswith("head.")] if head_only else names
+        self.execution = Execution()
+        self._slots = parameter_slots(model)
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.adapt_names = [n for n in trainable if n.startswith("head.")] if self.head_only else trainable
         if not self.adapt_names:
-            raise ValueError("head-only adaptation (ANIL) needs a submodule named 'head' in the model")
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-        if vectorize and has_bn and not first_order:
-            raise ValueError("vectorize=True with nn.BatchNorm and second order gives wrong meta-gradients "
-                             "(torch.func.vmap); use the task loop (vectorize=False) or first_order=True")
+            raise ValueError("head-only adaptation (ANIL) needs a trainable submodule named 'head' in the model"
+                             if self.head_only else "the model has no trainable parameters to adapt")
         params = dict(model.named_parameters())
         self.inner_lrs = nn.ParameterList(
             [nn.Parameter(torch.full_like(params[n].detach(), inner_lr)) for n in self.adapt_names]
-        ) if learn_inner_lr else None
+        ) if self.learn_inner_lr else None
+
+    def set_execution(self, vectorize: bool = False, checkpoint_inner: bool = False) -> "GradientLearner":
+        """Choose how meta-batches run (:class:`Execution`); returns the learner."""
+        if checkpoint_inner and vectorize:
+            raise ValueError("checkpoint_inner=True works with the task loop only; drop vectorize=True")
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        if vectorize and has_bn and not self.first_order:
+            raise ValueError("vectorize=True with nn.BatchNorm and second order gives wrong meta-gradients "
+                             "(torch.func.vmap); use the task loop (vectorize=False) or first order")
+        self.execution = Execution(vectorize, checkpoint_inner)
+        return self
 
     # -- the inner loop --------------------------------------------------------------------
-    def _forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, {**params, **dict(self.model.named_buffers())}, (x,))
+    def forward_with(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """The model's outputs on ``x`` with parameters ``params`` (a full dict of canonical names)."""
+        return functional_forward(self.model, self._slots, params, x)
 
-    def _support_loss(self, fast: Params, fixed: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return task_loss(self._forward({**fixed, **fast}, x), y, self.task)
+    def _support_grads(self, params: Params, x: torch.Tensor, y: torch.Tensor, second_order: bool) -> Params:
+        """Gradient of the support loss w.r.t. the adapted parameters, kept in the graph when ``second_order``."""
+        fast = {n: params[n] for n in self.adapt_names}
+        fixed = {n: p for n, p in params.items() if n not in fast}
 
-    def _support_grads(self, fast: Params, fixed: Params, x: torch.Tensor, y: torch.Tensor,
-                       second_order: bool) -> Params:
-        """Gradient of the support loss w.r.t. ``fast``, kept in the graph when ``second_order``."""
-        if self.vectorize:   # inside vmap, where torch.autograd.grad cannot run
+        def loss(fast: Params, fixed: Params) -> torch.Tensor:
+            return task_loss(self.forward_with({**fixed, **fast}, x), y, self.task)
+
+        if self.execution.vectorize:   # inside vmap, where torch.autograd.grad cannot run
             if second_order:
-                return grad(self._support_loss)(fast, fixed, x, y)
-            return _detached(grad(self._support_loss)(_detached(fast), _detached(fixed), x, y))
+                return grad(loss)(fast, fixed)
+            return _detached(grad(loss)(_detached(fast), _detached(fixed)))
         with torch.enable_grad():
             if not second_order:
-                fast = {n: p.detach().requires_grad_() for n, p in fast.items()}
-                fixed = _detached(fixed)
-            loss = self._support_loss(fast, fixed, x, y)
-            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=second_order,
+                fast, fixed = {n: p.detach().requires_grad_() for n, p in fast.items()}, _detached(fixed)
+            grads = torch.autograd.grad(loss(fast, fixed), list(fast.values()), create_graph=second_order,
                                         allow_unused=True, materialize_grads=True)
         return dict(zip(fast, grads))
 
-    def _inner_step(self, fast: Params, fixed: Params, x: torch.Tensor, y: torch.Tensor,
-                    second_order: bool) -> Params:
-        """One SGD step of the fast weights on the support set."""
-        grads = self._support_grads(fast, fixed, x, y, second_order)
-        lrs = (list(self.inner_lrs) if self.inner_lrs is not None
-               else [self.inner_lr] * len(self.adapt_names))
-        return {n: fast[n] - lr * grads[n] for n, lr in zip(self.adapt_names, lrs)}
+    def _inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, second_order: bool) -> Params:
+        """One SGD step of the adapted parameters on the support set ``x, y``."""
+        grads = self._support_grads(params, x, y, second_order)
+        lrs = list(self.inner_lrs) if self.inner_lrs is not None else [self.inner_lr] * len(self.adapt_names)
+        return {**params, **{n: params[n] - lr * grads[n] for n, lr in zip(self.adapt_names, lrs)}}
 
-    def _inner_loop(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
-        """Fast weights after ``steps`` gradient steps on the support set ``x, y``."""
-        return self._trajectory(params, x, y, steps)[-1]
-
-    def _trajectory(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[Params]:
-        """The full parameter dicts before and after each of ``steps`` gradient steps on the
-        support set ``x, y`` (``steps + 1`` of them)."""
+    def inner_loop(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[Params]:
+        """The parameter dicts before and after each of ``steps`` gradient steps on the support set ``x, y``
+        (``steps + 1`` of them); second order when gradients are enabled and the learner is not first-order."""
         second_order = torch.is_grad_enabled() and not self.first_order
-        fast = {n: params[n] for n in self.adapt_names}
-        fixed = {n: p for n, p in params.items() if n not in fast}
-        trajectory = [{**fixed, **fast}]
+        trajectory = [params]
         for _ in range(steps):
-            if self.checkpoint_inner and second_order:
-                fast = self._checkpointed_step(fast, fixed, x, y)
+            if self.execution.checkpoint_inner and second_order:
+                params = self._checkpointed_step(params, x, y)
             else:
-                fast = self._inner_step(fast, fixed, x, y, second_order)
-            trajectory.append({**fixed, **fast})
+                params = self._inner_step(params, x, y, second_order)
+            trajectory.append(params)
         return trajectory
+
+    def _checkpointed_step(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
+        """:meth:`_inner_step` (second order) under ``torch.utils.checkpoint``: its support graph is
+        freed after the step and recomputed in the meta-backward."""
+        names = list(params)
+
+        def step(*tensors):
+            new = self._inner_step(dict(zip(names, tensors)), x, y, True)
+            return tuple(new[n] for n in self.adapt_names)
+
+        out = checkpoint(step, *params.values(), use_reentrant=False)
+        return {**params, **dict(zip(self.adapt_names, out))}
 
     def _query_outputs(self, params: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
         """Query outputs after each inner step, ``[steps, N*Q, d]`` with the multi-step loss,
         else after the last step only, ``[1, N*Q, d]``."""
-        trajectory = self._trajectory(params, sx, sy, self.inner_steps)
+        trajectory = self.inner_loop(params, sx, sy, self.inner_steps)
         kept = trajectory[1:] if self.multi_step_loss and self.inner_steps > 0 else trajectory[-1:]
-        return torch.stack([self._forward(p, qx) for p in kept])
+        return torch.stack([self.forward_with(p, qx) for p in kept])
 
     def _loss_and_metrics(self, outputs: torch.Tensor, qy: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean query loss over the kept steps of ``outputs [steps, N*Q, d]``; metrics of the last."""
         loss = torch.stack([task_loss(o, qy, self.task) for o in outputs]).mean()
         return loss, {"loss": float(loss.detach()), metric_name(self.task): task_metric(outputs[-1], qy, self.task)}
 
-    def _checkpointed_step(self, fast: Params, fixed: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
-        """:meth:`_inner_step` (second order) under ``torch.utils.checkpoint``: its support graph is
-        freed after the step and recomputed in the meta-backward."""
-        names, fixed_names = list(fast), list(fixed)
-
-        def step(*tensors):
-            f = dict(zip(names, tensors[:len(names)]))
-            new = self._inner_step(f, dict(zip(fixed_names, tensors[len(names):])), x, y, True)
-            return tuple(new[n] for n in names)
-
-        out = checkpoint(step, *fast.values(), *fixed.values(), use_reentrant=False)
-        return dict(zip(names, out))
-
     # -- the protocol ----------------------------------------------------------------------
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> Params:
         """Fast weights (a full parameter dict) adapted to the support set."""
         steps = self.inner_steps if steps is None else steps
-        return self._inner_loop(dict(self.model.named_parameters()), support_x, support_y, steps)
+        return self.inner_loop(dict(self.model.named_parameters()), support_x, support_y, steps)[-1]
 
     def predict(self, adapted: Params, query_x: torch.Tensor) -> torch.Tensor:
-        return self._forward(adapted, query_x)
+        return self.forward_with(adapted, query_x)
 
     def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
         outputs = self._query_outputs(dict(self.model.named_parameters()), episode.support_x, episode.support_y,
@@ -169,7 +208,7 @@ class GradientLearner(Learner):
         return self._loss_and_metrics(outputs, episode.query_y)
 
     def meta_loss(self, batch: TaskBatch | RaggedTaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        if not self.vectorize:
+        if not self.execution.vectorize:
             return super().meta_loss(batch)
         if isinstance(batch, RaggedTaskBatch):
             raise ValueError("vectorize (vmap over tasks) needs episodes of equal sizes; this meta-batch's sizes differ "
@@ -181,11 +220,35 @@ class GradientLearner(Learner):
         return torch.stack(losses).mean(), mean_metrics(list(metrics))
 
     def meta_backward(self, batch: TaskBatch | RaggedTaskBatch, total_tasks: int | None = None) -> dict[str, float]:
-        if not self.vectorize:
+        if not self.execution.vectorize:
             return super().meta_backward(batch, total_tasks)
         loss, metrics = self.meta_loss(batch)
         (loss * (batch.num_tasks / (total_tasks or batch.num_tasks))).backward()
         return metrics
+
+
+class MAML(GradientLearner):
+    """MAML (Finn et al. 2017): meta-learn an initialisation from which ``inner_steps`` SGD steps of size
+    ``inner_lr`` on a task's support set fit it; the meta-gradient is taken through the inner steps."""
+
+
+class FOMAML(MAML):
+    """First-order MAML (Finn et al. 2017): the inner gradient is treated as a constant."""
+
+    first_order = True
+
+
+class ANIL(MAML):
+    """ANIL (Raghu et al. 2020): MAML whose inner loop adapts only the submodule named ``head``."""
+
+    head_only = True
+
+
+class MetaSGD(MAML):
+    """Meta-SGD (Li et al. 2017): MAML with a learned step size per adapted parameter entry, starting at
+    ``inner_lr``."""
+
+    learn_inner_lr = True
 
 
 class Reptile(GradientLearner):
@@ -194,8 +257,7 @@ class Reptile(GradientLearner):
     ``theta <- theta + epsilon * (mean_i theta'_i - theta)`` (Adam uses it as its gradient).
     The inner loop adapts on the support set; the query set is only scored."""
 
-    def __init__(self, model: nn.Module, inner_lr: float, inner_steps: int, task: Task = "classification"):
-        super().__init__(model, inner_lr, inner_steps, first_order=True, task=task)
+    first_order = True
 
     def meta_loss(self, batch: TaskBatch | RaggedTaskBatch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError("Reptile has no differentiable meta-loss; use meta_backward")
@@ -218,3 +280,57 @@ class Reptile(GradientLearner):
 
 def _detached(params: Params) -> Params:
     return {n: p.detach() for n, p in params.items()}
+
+
+@dataclass
+class GradientOptions:
+    """The ``learner`` section of MAML, FOMAML, ANIL and Meta-SGD runs."""
+
+    inner_lr: float = 0.4
+    inner_steps: int = 1
+    eval_inner_steps: int | None = None   # test-time inner steps (None: inner_steps)
+    multi_step_loss: bool = False
+    vectorize: bool = False               # execution: vmap over the tasks of a meta-batch
+
+    def validate(self) -> None:
+        check_inner_loop(self.inner_lr, self.inner_steps, self.eval_inner_steps)
+
+
+@dataclass
+class ReptileOptions:
+    """The ``learner`` section of Reptile runs."""
+
+    inner_lr: float = 0.05
+    inner_steps: int = 5
+    eval_inner_steps: int | None = None
+
+    def validate(self) -> None:
+        check_inner_loop(self.inner_lr, self.inner_steps, self.eval_inner_steps)
+
+
+def check_inner_loop(inner_lr: float, inner_steps: int, eval_inner_steps: int | None) -> None:
+    """Refuse an inner step size that is not a finite number > 0, or negative step counts."""
+    if not math.isfinite(inner_lr):
+        raise ValueError(f"inner_lr must be a finite number, got {inner_lr}")
+    if not inner_lr > 0:
+        raise ValueError(f"inner_lr must be > 0, got {inner_lr}; pass a positive learning rate")
+    for name, value in (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _register(name: str, cls: type[GradientLearner]) -> None:
+    @register_learner(name, options=GradientOptions, tasks=("classification", "regression"), head=True)
+    def build(options: GradientOptions, context: BuildContext) -> GradientLearner:
+        learner = cls(context.net(out_features=context.ways), options.inner_lr, options.inner_steps,
+                      task=context.task, multi_step_loss=options.multi_step_loss)
+        return learner.set_execution(vectorize=options.vectorize)
+
+
+for _name, _cls in (("maml", MAML), ("fomaml", FOMAML), ("anil", ANIL), ("metasgd", MetaSGD)):
+    _register(_name, _cls)
+
+
+@register_learner("reptile", options=ReptileOptions, tasks=("classification", "regression"), head=True)
+def _build_reptile(options: ReptileOptions, context: BuildContext) -> Reptile:
+    return Reptile(context.net(out_features=context.ways), options.inner_lr, options.inner_steps, task=context.task)

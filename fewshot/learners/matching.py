@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fewshot.learners.base import EmbeddedSupport, JointEmbeddingLearner, embedding_width
-from fewshot.tasks.episode import Episode
+from fewshot.learners.base import EmbeddedSupport, JointEmbeddingLearner, SupportSet, embedding_width
+from fewshot.registry import BuildContext, NoOptions, register_learner
 
 
 def cosine_similarities(queries: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
@@ -96,9 +96,8 @@ class MatchingNet(JointEmbeddingLearner):
     back ``P`` itself, so the common cross-entropy loss is the negative log-likelihood of
     the paper and the argmax is its prediction.
 
-    Support and query are embedded in one forward pass during meta-training and in
-    :meth:`evaluate_episode` (with the library's BatchNorm, both share one set of batch
-    statistics, as in :class:`~fewshot.learners.protonet.ProtoNet`).
+    Support and query are embedded in one forward pass (with the library's BatchNorm, both share one set of
+    batch statistics, as in :class:`~fewshot.learners.protonet.ProtoNet`).
 
     Args:
         encoder: ``[B, ...] -> [B, D]`` (Conv-4 for Omniglot, as in the paper).
@@ -109,8 +108,8 @@ class MatchingNet(JointEmbeddingLearner):
     """
 
     def __init__(self, encoder: nn.Module, fce: bool = False, *, process_steps: int = 5,
-                 feature_dim: int | None = None, scale: float = 10.0):
-        super().__init__()
+                 feature_dim: int | None = None, scale: float = 10.0, batchnorm: str = "batch"):
+        super().__init__(batchnorm=batchnorm)
         self.encoder = encoder
         self.scale = nn.Parameter(torch.tensor(float(scale)))
         self.fce = FullContextEmbedding(embedding_width(encoder, feature_dim), process_steps) if fce else None
@@ -118,24 +117,32 @@ class MatchingNet(JointEmbeddingLearner):
     def _context(self, support: torch.Tensor, labels: torch.Tensor) -> EmbeddedSupport:
         return EmbeddedSupport(self.fce.embed_support(support) if self.fce else support, labels)
 
-    def attention(self, adapted: EmbeddedSupport, query_x: torch.Tensor) -> torch.Tensor:
-        """Attention of each query over the support set, ``[Q, S]`` (rows sum to one)."""
-        return self._scores(adapted, self.encoder(query_x)).softmax(dim=-1)
-
-    def _scores(self, adapted: EmbeddedSupport, f: torch.Tensor) -> torch.Tensor:
+    def _scores(self, context: EmbeddedSupport, f: torch.Tensor) -> torch.Tensor:
         """Attention logits ``s * cos(f(x), g(x_i))``, ``[Q, S]``, of query embeddings ``f [Q, D]``."""
         if self.fce is not None:
-            f = self.fce.embed_query(f, adapted.embeddings)
-        return self.scale * cosine_similarities(f, adapted.embeddings)
+            f = self.fce.embed_query(f, context.embeddings)
+        return self.scale * cosine_similarities(f, context.embeddings)
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> EmbeddedSupport:
-        return self._context(self.encoder(support_x), support_y)
+    def attention(self, adapted: SupportSet, query_x: torch.Tensor) -> torch.Tensor:
+        """Attention of each query over the support set, ``[Q, S]`` (rows sum to one)."""
+        n = adapted.x.shape[0]
+        z = self.embed(torch.cat([adapted.x, query_x]))
+        return self._scores(self._context(z[:n], adapted.y), z[n:]).softmax(dim=-1)
 
-    def predict(self, adapted: EmbeddedSupport, query_x: torch.Tensor) -> torch.Tensor:
-        return attention_log_probs(self._scores(adapted, self.encoder(query_x)), adapted.labels, adapted.ways)
+    def context_embeddings(self, support_x: torch.Tensor, support_y: torch.Tensor) -> torch.Tensor:
+        """The (full-context) support embeddings ``g [S, D]`` (support embedded alone)."""
+        return self._context(self.embed(support_x), support_y).embeddings
 
-    def episode_logits(self, episode: Episode) -> torch.Tensor:
-        n = episode.support_x.shape[0]
-        z = self.encoder(torch.cat([episode.support_x, episode.query_x]))
-        adapted = self._context(z[:n], episode.support_y)
-        return attention_log_probs(self._scores(adapted, z[n:]), adapted.labels, adapted.ways)
+    def logits(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        context = self._context(support, labels)
+        return attention_log_probs(self._scores(context, query), labels, context.ways)
+
+
+@register_learner("matching")
+def _build(options: NoOptions, context: BuildContext) -> MatchingNet:
+    return MatchingNet(context.net())
+
+
+@register_learner("matching-fce")
+def _build_fce(options: NoOptions, context: BuildContext) -> MatchingNet:
+    return MatchingNet(context.net(), fce=True)

@@ -4,12 +4,14 @@ Bateni et al. 2020)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fewshot.learners.base import JointEmbeddingLearner
-from fewshot.tasks.episode import Episode
+from fewshot.registry import BuildContext, register_learner
 
 
 def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
@@ -52,38 +54,44 @@ def mahalanobis_logits(support: torch.Tensor, labels: torch.Tensor, query: torch
 
 
 class ProtoNet(JointEmbeddingLearner):
-    """Adapt: the class prototypes of the support embeddings. Predict: logits equal to the
-    negative squared Euclidean distance of each query embedding to each prototype.
+    """Prototypical networks: the logits of a query are minus its squared Euclidean distance to each class
+    prototype, the mean support embedding of the class.
 
-    Support and query are embedded in one forward pass during meta-training (with the
-    library's BatchNorm, both then share one set of batch statistics, at training and at
-    test time alike: see :meth:`episode_loss`)."""
+    Support and query are embedded in one forward pass (with the library's BatchNorm both then share one set
+    of batch statistics, in training and scoring alike: :class:`~fewshot.learners.base.JointEmbeddingLearner`).
 
-    def __init__(self, encoder: nn.Module, distance: str = "euclidean"):
-        super().__init__()
-        if distance not in ("euclidean", "mahalanobis"):
-            raise ValueError(f"unknown ProtoNet distance {distance!r}; use euclidean or mahalanobis")
-        self.encoder, self.distance = encoder, distance
+    Args:
+        encoder: ``[B, ...] -> [B, D]``, any ``nn.Module``.
+        batchnorm: ``"batch"`` or ``"running"`` (:mod:`fewshot.learners.base`).
+    """
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None):
-        """Euclidean: the prototypes ``[ways, D]``; Mahalanobis: the support embeddings and labels."""
-        z = self.encoder(support_x)
-        if self.distance == "mahalanobis":
-            return z, support_y
-        return prototypes(z, support_y, int(support_y.max()) + 1)
+    def __init__(self, encoder: nn.Module, *, batchnorm: str = "batch"):
+        super().__init__(batchnorm=batchnorm)
+        self.encoder = encoder
 
-    def predict(self, adapted, query_x: torch.Tensor) -> torch.Tensor:
-        return self._logits(adapted, self.encoder(query_x))
+    def logits(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        return -squared_euclidean(query, prototypes(support, labels, int(labels.max()) + 1))
 
-    def episode_logits(self, episode: Episode) -> torch.Tensor:
-        n = episode.support_x.shape[0]
-        z = self.encoder(torch.cat([episode.support_x, episode.query_x]))
-        if self.distance == "mahalanobis":
-            return self._logits((z[:n], episode.support_y), z[n:])
-        return self._logits(prototypes(z[:n], episode.support_y, int(episode.support_y.max()) + 1), z[n:])
 
-    def _logits(self, adapted, query: torch.Tensor) -> torch.Tensor:
-        if self.distance == "mahalanobis":
-            support, labels = adapted
-            return mahalanobis_logits(support, labels, query, int(labels.max()) + 1)
-        return -squared_euclidean(query, adapted)
+class MahalanobisProtoNet(ProtoNet):
+    """ProtoNet with the FS-Mol distance: minus the squared Mahalanobis distance of a query to each class mean
+    under the class covariance shrunk towards the support set's (:func:`mahalanobis_logits`)."""
+
+    def logits(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        return mahalanobis_logits(support, labels, query, int(labels.max()) + 1)
+
+
+@dataclass
+class ProtoNetOptions:
+    """The ``learner`` section of ProtoNet runs."""
+
+    distance: str = "euclidean"   # euclidean | mahalanobis (MahalanobisProtoNet)
+
+    def validate(self) -> None:
+        if self.distance not in ("euclidean", "mahalanobis"):
+            raise ValueError(f"unknown protonet distance {self.distance!r}; use euclidean or mahalanobis")
+
+
+@register_learner("protonet", options=ProtoNetOptions)
+def _build(options: ProtoNetOptions, context: BuildContext) -> ProtoNet:
+    return (MahalanobisProtoNet if options.distance == "mahalanobis" else ProtoNet)(context.net())

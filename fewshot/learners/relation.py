@@ -22,12 +22,15 @@ module sees support and query together, the relation module all ``Q*N`` pairs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fewshot.learners.base import JointEmbeddingLearner, task_metric
 from fewshot.nets.conv4 import Norm
+from fewshot.registry import BuildContext, NoOptions, register_learner, register_net
 from fewshot.tasks.episode import Episode
 
 
@@ -88,8 +91,7 @@ class RelationNet(JointEmbeddingLearner):
 
     The relation scores are the logits: the argmax is the prediction, and
     :meth:`episode_loss` trains them with MSE against one-hot targets (the paper's loss)
-    while reporting accuracy. Support and query are embedded in one forward pass during
-    meta-training and in :meth:`evaluate_episode`.
+    while reporting accuracy. Support and query are embedded in one forward pass.
 
     Args:
         encoder_feature_map: ``[B, ...] -> [B, C, h, w]`` (:func:`relation_encoder`); any
@@ -98,16 +100,17 @@ class RelationNet(JointEmbeddingLearner):
             a pair is the class feature followed by the query feature along dim 1.
     """
 
-    def __init__(self, encoder_feature_map: nn.Module, relation_module: nn.Module):
-        super().__init__()
+    def __init__(self, encoder_feature_map: nn.Module, relation_module: nn.Module, *, batchnorm: str = "batch"):
+        super().__init__(batchnorm=batchnorm)
         self.encoder = encoder_feature_map
         self.relation = relation_module
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-        return class_features(self.encoder(support_x), support_y, int(support_y.max()) + 1)
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature maps ``[B, C, h, w]`` (not vectors: the relation module compares maps)."""
+        return self.encoder(x)
 
-    def predict(self, adapted: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
-        return self._relations(adapted, self.encoder(query_x))
+    def logits(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        return self._relations(class_features(support, labels, int(labels.max()) + 1), query)
 
     def _relations(self, classes: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """``classes [N, C, ...]``, ``queries [Q, C, ...]`` -> sigmoid scores ``[Q, N]``."""
@@ -116,13 +119,31 @@ class RelationNet(JointEmbeddingLearner):
                            queries.unsqueeze(1).expand(q, n, *queries.shape[1:])], dim=2)   # [Q, N, 2C, ...]
         return torch.sigmoid(self.relation(pairs.flatten(0, 1))).view(q, n)
 
-    def episode_logits(self, episode: Episode) -> torch.Tensor:
-        n = episode.support_x.shape[0]
-        z = self.encoder(torch.cat([episode.support_x, episode.query_x]))
-        return self._relations(class_features(z[:n], episode.support_y, int(episode.support_y.max()) + 1), z[n:])
-
     def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
         """MSE of the relation scores against one-hot targets; the metric is accuracy."""
         scores = self.episode_logits(episode)
         loss = F.mse_loss(scores, F.one_hot(episode.query_y, scores.shape[1]).to(scores.dtype))
         return loss, {"loss": float(loss.detach()), "accuracy": task_metric(scores, episode.query_y, self.task)}
+
+
+@dataclass
+class RelationEncoderOptions:
+    """The ``model`` section of a relation network: the normalisation of its encoder and relation module."""
+
+    norm: str = "batch"
+
+    def validate(self) -> None:
+        if self.norm not in ("batch", "none"):
+            raise ValueError(f"unknown norm {self.norm!r}; choose batch or none")
+
+
+@register_net("relation-conv", options=RelationEncoderOptions)
+def _build_encoder(options: RelationEncoderOptions, input_shape: tuple[int, ...], out_features: int | None):
+    """The paper's encoder, four conv blocks with two poolings: 64 x 7 x 7 maps on 28x28 images."""
+    return relation_encoder(in_channels=input_shape[0], norm=options.norm)
+
+
+@register_learner("relation", nets=("relation-conv",))
+def _build(options: NoOptions, context: BuildContext) -> RelationNet:
+    return RelationNet(context.net(), RelationModule(spatial=context.input_shape[-1] // 4,
+                                                     norm=context.net_options.norm))

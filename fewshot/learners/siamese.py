@@ -15,13 +15,16 @@ minus the distance to the closest support example of class ``c``.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fewshot.learners.base import EmbeddedSupport, JointEmbeddingLearner, embedding_width, task_metric
+from fewshot.learners.base import JointEmbeddingLearner, embedding_width, task_metric
+from fewshot.registry import BuildContext, register_learner
 from fewshot.tasks.episode import Episode
 
 Distance = Literal["euclidean", "l1-weighted"]
@@ -66,7 +69,7 @@ def balanced_mean(values: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
 class SiameseNet(JointEmbeddingLearner):
     """A Siamese network as a learner: verification (:meth:`distance`, :meth:`same`), pair
     training (:meth:`pair_loss`) and N-way classification by the nearest support example
-    (:meth:`adapt` stores the support embeddings, :meth:`predict` returns ``[Q, N]``).
+    (:meth:`predict` embeds support and query in one forward and returns ``[Q, N]``).
 
     Training in the episode protocol (:meth:`episode_loss`, so the common loop trains it):
     the ``n = N*(K+Q)`` support and query examples of an episode are embedded in one
@@ -85,8 +88,8 @@ class SiameseNet(JointEmbeddingLearner):
     """
 
     def __init__(self, encoder: nn.Module, distance: Distance = "euclidean", loss: PairLoss | None = None,
-                 margin: float = 1.0, *, feature_dim: int | None = None):
-        super().__init__()
+                 margin: float = 1.0, *, feature_dim: int | None = None, batchnorm: str = "batch"):
+        super().__init__(batchnorm=batchnorm)
         if distance not in LOSS_OF:
             raise ValueError(f"unknown distance {distance!r}; use 'euclidean' or 'l1-weighted'")
         loss = LOSS_OF[distance] if loss is None else loss
@@ -134,33 +137,40 @@ class SiameseNet(JointEmbeddingLearner):
         return self._pair_losses(self.distance(x1, x2), same).mean()
 
     # -- the protocol ----------------------------------------------------------------------
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> EmbeddedSupport:
-        return EmbeddedSupport(self.encoder(support_x), support_y)
-
-    def predict(self, adapted: EmbeddedSupport, query_x: torch.Tensor) -> torch.Tensor:
-        return self._nearest(self.encoder(query_x), adapted)
-
-    def _nearest(self, queries: torch.Tensor, support: EmbeddedSupport) -> torch.Tensor:
-        """Query embeddings ``[Q, D]`` -> nearest-support logits ``[Q, N]``."""
-        d = self._distance(queries.unsqueeze(1), support.embeddings.unsqueeze(0))       # [Q, S]
-        return nearest_support_logits(d, support.labels, support.ways)
-
-    def _embed_episode(self, episode: Episode) -> tuple[torch.Tensor, EmbeddedSupport]:
-        """Embeddings ``[n, D]`` of support then query examples (one forward) and the embedded support set."""
-        z = self.encoder(torch.cat([episode.support_x, episode.query_x]))
-        return z, EmbeddedSupport(z[: episode.support_y.shape[0]], episode.support_y)
-
-    def episode_logits(self, episode: Episode) -> torch.Tensor:
-        z, support = self._embed_episode(episode)
-        return self._nearest(z[len(support.labels):], support)
+    def logits(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Nearest-support logits ``[Q, N]``: minus the distance to the closest support example of each class."""
+        d = self._distance(query.unsqueeze(1), support.unsqueeze(0))       # [Q, S]
+        return nearest_support_logits(d, labels, int(labels.max()) + 1)
 
     def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
         """The balanced pair loss over all pairs of the episode's examples (see the class docstring)."""
-        z, support = self._embed_episode(episode)
+        n = episode.support_x.shape[0]
+        z = self.embed(torch.cat([episode.support_x, episode.query_x]))
         y = torch.cat([episode.support_y, episode.query_y])
         i, j = torch.triu_indices(len(y), len(y), offset=1, device=y.device)         # pairs i < j
         same = y[i] == y[j]
         loss = balanced_mean(self._pair_losses(self._distance(z[i], z[j]), same), same)
         with torch.no_grad():
-            logits = self._nearest(z[len(support.labels):], support)
+            logits = self.logits(z[:n], episode.support_y, z[n:])
         return loss, {"loss": float(loss.detach()), "accuracy": task_metric(logits, episode.query_y, self.task)}
+
+
+@dataclass
+class SiameseOptions:
+    """The ``learner`` section of Siamese runs."""
+
+    distance: str = "euclidean"   # euclidean (contrastive loss) | l1-weighted (Koch's head, BCE)
+    margin: float = 1.0           # the contrastive margin
+
+    def validate(self) -> None:
+        if self.distance not in LOSS_OF:
+            raise ValueError(f"unknown siamese distance {self.distance!r}; use euclidean or l1-weighted")
+        if not math.isfinite(self.margin):
+            raise ValueError(f"margin must be a finite number, got {self.margin}")
+        if not self.margin > 0:
+            raise ValueError(f"margin must be > 0, got {self.margin}")
+
+
+@register_learner("siamese", options=SiameseOptions)
+def _build(options: SiameseOptions, context: BuildContext) -> SiameseNet:
+    return SiameseNet(context.net(), options.distance, margin=options.margin)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
+
+from fewshot.registry import register_net
 
 Variant = Literal["pool", "strided"]
 Norm = Literal["batch", "none"]
@@ -84,3 +87,31 @@ class Conv4(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.embed(x)
         return self.head(z) if self.head is not None else z
+
+
+@dataclass
+class ConvOptions:
+    """The ``model`` section of a Conv-4 run: filters per block, normalisation, how the last map becomes a vector."""
+
+    channels: int = 64
+    norm: str = "batch"
+    pooling: str = "mean"
+
+    def validate(self) -> None:
+        if self.pooling not in ("mean", "flatten"):
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose mean or flatten")
+        if self.channels < 1:
+            raise ValueError(f"channels must be >= 1, got {self.channels}")
+        if self.norm not in ("batch", "none"):
+            raise ValueError(f"unknown norm {self.norm!r}; choose batch or none")
+
+
+def _register(variant: Variant) -> None:
+    @register_net(f"conv4-{variant}", options=ConvOptions)
+    def build(options: ConvOptions, input_shape: tuple[int, ...], out_features: int | None) -> Conv4:
+        return Conv4(in_channels=input_shape[0], hidden=options.channels, out_features=out_features, variant=variant,
+                     norm=options.norm, pooling=options.pooling, image_size=input_shape[-1])
+
+
+_register("pool")
+_register("strided")

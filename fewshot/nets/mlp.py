@@ -7,6 +7,8 @@ from typing import Sequence
 
 from torch import nn
 
+from fewshot.registry import NoOptions, register_net
+
 
 class MLP(nn.Sequential):
     """Linear layers with ReLU between them: ``[B, in_features] -> [B, out_features]``.
@@ -23,3 +25,9 @@ class MLP(nn.Sequential):
         layers.append(("head", nn.Linear(width, out_features)))
         super().__init__(OrderedDict(layers))
         self.embedding_dim = width
+
+
+@register_net("mlp")
+def _build(options: NoOptions, input_shape: tuple[int, ...], out_features: int | None) -> MLP:
+    """MAML's sinusoid regressor: ``in -> 40 -> 40 -> out_features`` (1 when not given)."""
+    return MLP(input_shape[0], (40, 40), out_features or 1)

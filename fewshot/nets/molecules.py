@@ -8,10 +8,13 @@ embedding does not depend on the rest of its batch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from fewshot.datasets.featurize import ATOM_FIELDS, BOND_FIELDS
+from fewshot.registry import register_net
 
 
 class FingerprintMLP(nn.Module):
@@ -99,3 +102,46 @@ class GraphNet(nn.Module):
         total = torch.zeros(x.shape[0], h.shape[1], dtype=h.dtype).index_add(0, graph, h)
         z = self.readout(torch.cat([total / count, total / 10], dim=1))
         return self.head(z) if self.head is not None else z
+
+
+@dataclass
+class FingerprintOptions:
+    """The ``model`` section of an ``fp-mlp`` run; ``input_dim`` (the feature width) is filled in from the data."""
+
+    hidden: int = 1024
+    embedding_dim: int = 512
+    dropout: float = 0.0
+    input_dim: int | None = None
+
+    def validate(self) -> None:
+        for name in ("hidden", "embedding_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1) and applies to net fp-mlp only, got {self.dropout} "
+                             "with net fp-mlp")
+
+
+@dataclass
+class GraphOptions:
+    """The ``model`` section of a ``graph`` run."""
+
+    hidden: int = 1024
+    embedding_dim: int = 512
+    graph_layers: int = 3
+
+    def validate(self) -> None:
+        for name in ("hidden", "embedding_dim", "graph_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@register_net("fp-mlp", options=FingerprintOptions)
+def _build_fingerprint_mlp(options: FingerprintOptions, input_shape: tuple[int, ...],
+                           out_features: int | None) -> FingerprintMLP:
+    return FingerprintMLP(input_shape[0], options.hidden, options.embedding_dim, out_features, options.dropout)
+
+
+@register_net("graph", options=GraphOptions)
+def _build_graph_net(options: GraphOptions, input_shape: tuple[int, ...], out_features: int | None) -> GraphNet:
+    return GraphNet(options.hidden, options.graph_layers, options.embedding_dim, out_features)

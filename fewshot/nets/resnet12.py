@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fewshot.nets.conv4 import Norm
+from fewshot.registry import register_net
 
 SLOPE = 0.1   # the negative slope of every LeakyReLU
 
@@ -83,3 +86,23 @@ class ResNet12(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.embed(x)
         return self.head(z) if self.head is not None else z
+
+
+@dataclass
+class ResNetOptions:
+    """The ``model`` section of a ResNet-12 run: the first block's width and the normalisation."""
+
+    channels: int = 64
+    norm: str = "batch"
+
+    def validate(self) -> None:
+        if self.channels < 1:
+            raise ValueError(f"channels must be >= 1, got {self.channels}")
+        if self.norm not in ("batch", "none"):
+            raise ValueError(f"unknown norm {self.norm!r}; choose batch or none")
+
+
+@register_net("resnet12", options=ResNetOptions)
+def _build(options: ResNetOptions, input_shape: tuple[int, ...], out_features: int | None) -> ResNet12:
+    return ResNet12(in_channels=input_shape[0], channels=options.channels, out_features=out_features,
+                    norm=options.norm)

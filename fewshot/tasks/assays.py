@@ -138,6 +138,16 @@ class AssayTasks(Dataset):
     def __len__(self) -> int:
         return len(self.assays) * self.draws if self.draws is not None else 10**9
 
+    @property
+    def pretrain_classes(self) -> int:
+        """Two per task, inactive and active (the fine-tune baseline's pretraining head)."""
+        return 2 * len(self.data.assays)
+
+    def pretrain_batches(self, batch_size: int) -> "AssayPretrainBatches":
+        """Supervised minibatches over every measurement of these tasks (class ``2 * task + label``), seeded
+        like the episodes."""
+        return AssayPretrainBatches(self.data, batch_size, seed=self.seed)
+
     def episode_task(self, index: int) -> str:
         """The name of the task episode ``index`` is drawn from."""
         return self._assay(index, generator(self.seed, index)).name

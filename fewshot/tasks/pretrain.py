@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from fewshot.datasets.labelled import LabelledData
+from fewshot.datasets.labelled import as_examples
 from fewshot.tasks.episode import Episode
 from fewshot.tasks.seeding import generator
 
@@ -30,7 +30,8 @@ class PretrainBatches(Dataset):
     as ``float32`` in ``[0, 1]``.
     """
 
-    def __init__(self, data: LabelledData, batch_size: int, seed: int = 0, num_batches: int = 10**9):
+    def __init__(self, data, batch_size: int, seed: int = 0, num_batches: int = 10**9):
+        data = as_examples(data)
         if not isinstance(batch_size, int) or not 1 <= batch_size <= len(data):
             raise ValueError(f"batch_size must be an integer in 1..{len(data)} (the examples), got {batch_size!r}")
         if not isinstance(num_batches, int) or num_batches < 1:
@@ -44,7 +45,7 @@ class PretrainBatches(Dataset):
         if not 0 <= index < self.num_batches:
             raise IndexError(f"batch {index} out of range 0..{self.num_batches - 1}")
         idx = epoch_batch(len(self.data), self.batch_size, self.seed, index)
-        x = self.data.x[idx]
+        x = self.data.take(idx)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
         y = self.data.y[idx]
         return Episode(x, y, x[:0], y[:0])

@@ -3,7 +3,9 @@
 :class:`ClassificationTasks` is a map-style ``torch.utils.data.Dataset``: item ``i`` is
 episode ``i``, drawn from a generator seeded by ``(seed, i)``, so it plugs into a plain
 ``DataLoader`` (with workers, with ``collate_fn=stack_episodes``) and every process sees
-the same episodes.
+the same episodes. It draws from a user's map-style dataset lazily (only the examples an
+episode draws are loaded), from a pair of tensors or NumPy arrays, or from the library's
+:class:`~fewshot.datasets.labelled.LabelledData`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from fewshot.datasets.labelled import LabelledData
+from fewshot.datasets.labelled import as_examples
 from fewshot.tasks.augment import random_affine
 from fewshot.tasks.episode import Episode
 from fewshot.tasks.seeding import generator
@@ -25,7 +27,9 @@ class ClassificationTasks(Dataset):
     returned as ``float32`` in ``[0, 1]``.
 
     Args:
-        data: the examples to draw from (only its classes are ever used).
+        data: the examples to draw from: a map-style ``Dataset`` of ``(x, y)`` items with integer labels (read
+            lazily; labels from ``dataset.targets`` when present, else one pass), a pair ``(x, y)`` of tensors or
+            NumPy arrays, or :class:`~fewshot.datasets.labelled.LabelledData` (only its classes are ever used).
         ways, shots, queries: N, K and Q.
         seed: the stream's seed; episode ``i`` depends only on ``(seed, i)``.
         num_episodes: the dataset's length (episodes are drawn lazily).
@@ -36,21 +40,24 @@ class ClassificationTasks(Dataset):
         distort: give every image of an episode its own random affine distortion
             (:func:`~fewshot.tasks.augment.random_affine`, Koch et al. 2015), drawn after the examples,
             so the episode's classes and examples are those of the undistorted stream.
+        name: what the data is, for error messages (e.g. "the validation alphabets").
     """
 
     kind = "classification"
 
-    def __init__(self, data: LabelledData, ways: int, shots: int, queries: int, seed: int = 0,
-                 num_episodes: int = 10**9, within_group: bool = False, distort: bool = False):
-        for name, value, low in (("ways", ways, 2), ("shots", shots, 1), ("queries", queries, 1),
-                                 ("num_episodes", num_episodes, 1)):
+    def __init__(self, data, ways: int, shots: int, queries: int, seed: int = 0,
+                 num_episodes: int = 10**9, within_group: bool = False, distort: bool = False,
+                 name: str = "this data"):
+        for argument, value, low in (("ways", ways, 2), ("shots", shots, 1), ("queries", queries, 1),
+                                     ("num_episodes", num_episodes, 1)):
             if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+                raise ValueError(f"{argument} must be an integer >= {low}, got {value!r}")
+        data = as_examples(data)
         counts = torch.bincount(data.y, minlength=data.num_classes)
         need = shots + queries
         eligible = torch.nonzero(counts >= need).flatten()
         if ways > data.num_classes:
-            raise ValueError(f"ways={ways} exceeds the {data.num_classes} classes of this split; "
+            raise ValueError(f"ways={ways} exceeds the {data.num_classes} classes of {name}; "
                              f"ask for at most {data.num_classes} ways")
         if len(eligible) < ways:
             raise ValueError(f"shots + queries = {shots} + {queries} = {need} exceed the examples of a class: "
@@ -59,7 +66,10 @@ class ClassificationTasks(Dataset):
         self.data, self.ways, self.shots, self.queries = data, ways, shots, queries
         self.seed, self.num_episodes = seed, num_episodes
         self.eligible = eligible
-        self.within_group, self.distort = within_group, distort
+        self.within_group, self.distort, self.name = within_group, distort, name
+        if within_group and data.class_groups is None:
+            raise ValueError("within-group episodes need class groups (LabelledData(..., class_groups=...)); "
+                             "this data has none: turn off within-group episodes")
         self._groups: list[torch.Tensor] = []   # eligible classes of each group big enough, by group name
         if within_group:
             by_group: dict[str, list[int]] = {}
@@ -107,5 +117,16 @@ class ClassificationTasks(Dataset):
         return self.eligible[torch.randperm(len(self.eligible), generator=g)[: self.ways]].tolist()
 
     def _inputs(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.data.x[idx]
+        x = self.data.take(idx)
         return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+    @property
+    def pretrain_classes(self) -> int:
+        """The classes of the data behind the episodes (the fine-tune baseline's pretraining head)."""
+        return self.data.num_classes
+
+    def pretrain_batches(self, batch_size: int) -> "PretrainBatches":
+        """Supervised minibatches over all the examples behind these episodes, seeded like them."""
+        from fewshot.tasks.pretrain import PretrainBatches
+
+        return PretrainBatches(self.data, batch_size, seed=self.seed)

@@ -1,0 +1,10 @@
+"""Domains: one module per kind of data, each registered by name (:mod:`fewshot.registry`).
+
+A domain is the only place that knows its data: its options, nets, recipes, task sources, flags and how its
+runs are scored (:class:`~fewshot.domains.base.Domain`). A new domain is one module here and one import below.
+"""
+
+from fewshot.domains import images, molecules, omniglot, sinusoid  # noqa: F401  (registers)
+from fewshot.domains.base import Domain, EpisodeDomain
+
+__all__ = ["Domain", "EpisodeDomain"]
