@@ -204,7 +204,7 @@ def _train(args: argparse.Namespace) -> None:
 def _train_in_group(args: argparse.Namespace) -> None:
     from fewshot.config import check_types, load_yaml
     from fewshot.distributed import Ranks
-    from fewshot.runs import load_learner, run_config, train_run
+    from fewshot.runs import load_learner, run_config, trainer_for
 
     flags = _flags(args)
     file_values = load_yaml(args.config) if args.config else {}
@@ -221,9 +221,10 @@ def _train_in_group(args: argparse.Namespace) -> None:
         print(yaml.safe_dump(config.to_sections(), sort_keys=False), end="")
         return
     main = Ranks.current().main
+    trainer = trainer_for(config, out, device=args.device, progress=not args.no_progress)   # refuses bad data first
     if main:
         print(f"run directory: {out}", file=sys.stderr)
-    result = train_run(config, out, device=args.device, progress=not args.no_progress)
+    result = trainer.run()
     if not main:
         return
     note = " (stopped by --time-limit)" if result.stopped_early else ""

@@ -29,7 +29,7 @@ import yaml
 import fewshot.domains  # noqa: F401  (registers the domains)
 import fewshot.learners  # noqa: F401  (registers the learners and their nets)
 import fewshot.nets  # noqa: F401  (registers the nets)
-from fewshot.registry import DOMAINS, LEARNERS, NETS, NoOptions, did_you_mean, option_names
+from fewshot.registry import DOMAINS, LEARNERS, NETS, NoOptions, did_you_mean, generation, option_names
 from fewshot.train import TrainSettings
 
 SECTIONS = ("data", "model", "learner", "train", "eval")
@@ -50,9 +50,13 @@ class EvalOptions:
             raise ValueError(f"test_episodes must be >= 1, got {self.test_episodes}")
 
 
-@lru_cache(maxsize=1)
 def schema() -> tuple[dict[str, str], dict[str, Any]]:
     """Every option's section and type hint, over every registered owner."""
+    return _schema(generation())
+
+
+@lru_cache(maxsize=1)
+def _schema(generation: int) -> tuple[dict[str, str], dict[str, Any]]:
     owners = [("data", d.options) for _, d in DOMAINS.items()] + [("model", n.options) for _, n in NETS.items()] + \
         [("learner", s.options) for _, s in LEARNERS.items()] + [("train", TrainSettings), ("eval", EvalOptions)]
     sections: dict[str, str] = {"dataset": "data", "net": "model", "algo": "learner"}
@@ -280,6 +284,10 @@ class RunConfig:
             able = [n for n, s in LEARNERS.items() if domain.task in s.tasks]
             raise ValueError(f"{self.algo} is a classifier; {self.dataset} is {domain.task}: choose one of "
                              f"{', '.join(able)}")
+        if spec.nets == () and domain.images:      # a learner without a net reads the inputs as feature vectors
+            vectors = [n for n, d in DOMAINS.items() if not d.images and d.task in spec.tasks]
+            raise ValueError(f"{self.algo} uses no net, so it needs feature vectors; {self.dataset} gives images: "
+                             f"use it on {', '.join(vectors)}")
         exclusive = {n for _, s in LEARNERS.items() for n in (s.nets or ())}
         fits = [n for n in domain.nets if n not in exclusive]
         if self.net is not None and self.net not in domain.nets:
@@ -307,7 +315,7 @@ def recipe(algo: str, dataset: str) -> dict[str, Any]:
     return dict(DOMAINS[dataset].recipes.get(algo, {}))
 
 
-#: Every recipe of every domain: ``RECIPES[(algo, dataset)]``.
+#: Every recipe of the library's domains: ``RECIPES[(algo, dataset)]``.
 RECIPES = {(algo, name): r for name, domain in DOMAINS.items() for algo, r in domain.recipes.items()}
 
 

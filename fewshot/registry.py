@@ -36,6 +36,14 @@ def did_you_mean(name: str, choices: list[str], listing: str) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; {listing}"
 
 
+_generation = 0     # counts registrations, so that what is derived from the registries is derived anew
+
+
+def generation() -> int:
+    """How many entries have been added to or removed from any registry."""
+    return _generation
+
+
 class Registry(Generic[T]):
     """Entries of one kind by name, in registration order."""
 
@@ -43,10 +51,19 @@ class Registry(Generic[T]):
         self.kind, self._entries = kind, {}
 
     def add(self, name: str, entry: T) -> T:
+        global _generation
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = entry
+        _generation += 1
         return entry
+
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` (a plugin's tests clean up with it)."""
+        global _generation
+        self[name]
+        del self._entries[name]
+        _generation += 1
 
     def __getitem__(self, name: str) -> T:
         if name not in self._entries:

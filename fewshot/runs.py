@@ -7,7 +7,6 @@ builder over the registered net, and the tasks come from the run's domain.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -170,7 +169,10 @@ def run_config(run_dir: str | Path, file_values: dict[str, Any], flags: dict[str
         if key not in RESUMABLE_CHANGES and current != value:
             raise RunError(f"{run_dir} holds a run with {key}={current!r}, not {value!r}; resume it "
                            "with the same options or pass a new --out directory")
-        setattr(saved, key, value)
+        if current != value:          # a resumable change (the selectors are never one)
+            if not saved.applies(key):
+                raise RunError(f"{key} does not apply to the {saved.algo} {saved.dataset} run in {run_dir}; drop it")
+            setattr(saved, key, value)
     return saved.validate()
 
 
@@ -182,9 +184,9 @@ def trainer_for(config: RunConfig, out: str | Path, *, device="cpu", progress: b
     train, val = (domain.train_tasks(config), domain.val_tasks(config)) if resuming else start(config)
     torch.manual_seed(config.seed)
     learner = build_learner(config)
+    if config.val_inner_steps is None:     # filled in like the data's settings, so config.yaml holds the run's
+        config.val_inner_steps = config.test_inner_steps
     settings = config.sections["train"]
-    if settings.val_inner_steps is None:
-        settings = dataclasses.replace(settings, val_inner_steps=config.test_inner_steps)
     record = {name: values for name, values in config.to_sections().items() if name != "train"}
     return Trainer(learner, train, val, settings, out, device=device, progress=progress, record=record,
                    description=f"{config.algo} {config.dataset}")

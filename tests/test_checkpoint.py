@@ -12,7 +12,7 @@ import torch
 from fewshot import files
 from fewshot.checkpoint import (CheckpointError, load_model, load_optimizer, read_checkpoint, save_checkpoint,
                                 tensor_path)
-from fewshot.learners import GradientLearner, ProtoNet
+from fewshot.learners import MetaSGD, ProtoNet
 from fewshot.nets import Conv4
 
 
@@ -80,13 +80,13 @@ def test_round_trip_is_exact(tmp_path):
 
 def test_round_trip_of_a_learner_with_learned_inner_lrs(tmp_path):
     torch.manual_seed(0)
-    learner = GradientLearner(Conv4(hidden=8, out_features=3, variant="strided"), 0.4, 1, learn_inner_lr=True)
+    learner = MetaSGD(Conv4(hidden=8, out_features=3, variant="strided"), 0.4, 1)
     with torch.no_grad():
         learner.inner_lrs[0].add_(0.5)
     opt = torch.optim.Adam(learner.parameters())
     save_checkpoint(tmp_path, "best", learner, opt, {"step": 1})
     torch.manual_seed(1)
-    other = GradientLearner(Conv4(hidden=8, out_features=3, variant="strided"), 0.4, 1, learn_inner_lr=True)
+    other = MetaSGD(Conv4(hidden=8, out_features=3, variant="strided"), 0.4, 1)
     tensors, _ = read_checkpoint(tmp_path, "best")
     load_model(other, tensors, tensor_path(tmp_path, "best"))
     for (na, a), (nb, b) in zip(learner.state_dict().items(), other.state_dict().items()):

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from fewshot.config import RECIPES, RunConfig, load_yaml, resolve
+from fewshot.learners import MahalanobisProtoNet
+from fewshot.runs import build_learner
 
 
 def write_yaml(tmp_path: Path, text: str) -> Path:
@@ -28,7 +30,9 @@ def test_protonet_and_sinusoid_recipes():
     assert (proto.algo, proto.dataset) == ("protonet", "omniglot")
     assert proto.train_ways == 60 and proto.train_queries == 5 and proto.net == "conv4-pool"
     sin = resolve({}, {"algo": "maml", "dataset": "sinusoid"})
-    assert sin.split == "sinusoid" and sin.net == "mlp" and sin.norm == "none"
+    assert not sin.applies("split") and sin.net == "mlp" and not sin.applies("norm")   # no splits; the MLP has no norm
+    with pytest.raises(AttributeError, match="split does not apply to maml on sinusoid"):
+        sin.split
     assert (sin.shots, sin.inner_lr, sin.meta_batch, sin.test_inner_steps) == (10, 0.01, 25, 10)
     reptile = resolve({}, {"algo": "reptile", "dataset": "sinusoid"})
     assert (reptile.inner_steps, reptile.inner_lr, reptile.meta_batch) == (5, 0.02, 5)
@@ -37,30 +41,39 @@ def test_protonet_and_sinusoid_recipes():
 def test_recipes_are_valid_and_not_shared_mutable_state():
     for (algo, dataset), recipe in RECIPES.items():
         cfg = resolve({}, {"algo": algo, "dataset": dataset})
+        own_nets = cfg.learner_spec.nets
         for key, value in recipe.items():
-            assert getattr(cfg, key) == value, (algo, dataset, key)
+            if key == "net" and own_nets is not None:     # a learner with its own encoder, or none (the forest)
+                assert cfg.net == (own_nets[0] if own_nets else None), (algo, dataset)
+            elif cfg.applies(key):
+                assert getattr(cfg, key) == value, (algo, dataset, key)
+            else:                                         # a shared recipe's setting for other learners: dropped
+                assert key not in cfg.flat(), (algo, dataset, key)
     before = dict(RECIPES[("maml", "omniglot")])
     resolve({}, {"algo": "maml", "dataset": "omniglot", "inner_lr": 0.1})
     assert RECIPES[("maml", "omniglot")] == before
 
 
 def test_precedence_defaults_recipe_file_flags(tmp_path):
-    # seed: default 0; inner_lr: default 0.4, recipe 0.01; holdout_val: default 3
-    assert RunConfig().seed == 0 and RunConfig().inner_lr == 0.4
+    # seed: default 0; inner_lr: default 0.4, recipe 0.01; lr_decay_every: default 2000
+    assert RunConfig().seed == 0 and RunConfig(algo="maml").inner_lr == 0.4
     recipe_only = resolve({}, {"algo": "maml", "dataset": "sinusoid"})
-    assert recipe_only.inner_lr == 0.01 and recipe_only.seed == 0 and recipe_only.holdout_val == 3
+    assert recipe_only.inner_lr == 0.01 and recipe_only.seed == 0 and recipe_only.lr_decay_every == 2000
 
-    path = write_yaml(tmp_path, "algo: maml\ndataset: sinusoid\ninner_lr: 0.05\nseed: 3\nholdout_val: 4\n"
+    path = write_yaml(tmp_path, "algo: maml\ndataset: sinusoid\ninner_lr: 0.05\nseed: 3\nlr_decay_every: 4\n"
                                 "meta_batch: 7\n")
     from_file = load_yaml(path)
     cfg = resolve(from_file, {})
-    assert (cfg.inner_lr, cfg.seed, cfg.holdout_val, cfg.meta_batch) == (0.05, 3, 4, 7)
+    assert (cfg.inner_lr, cfg.seed, cfg.lr_decay_every, cfg.meta_batch) == (0.05, 3, 4, 7)
     assert cfg.shots == 10                                    # recipe value the file leaves alone
 
     cfg = resolve(from_file, {"inner_lr": 0.2, "seed": None, "meta_batch": 2})
     assert cfg.inner_lr == 0.2 and cfg.meta_batch == 2        # flags beat the file
     assert cfg.seed == 3                                      # an absent flag (None) does not
-    assert cfg.holdout_val == 4
+    assert cfg.lr_decay_every == 4
+    # an option of another domain given in the file is refused, not silently kept
+    with pytest.raises(ValueError, match="^holdout_val does not apply to maml on sinusoid with net mlp; drop it$"):
+        resolve({**from_file, "holdout_val": 4}, {})
 
 
 def test_flag_algo_picks_the_recipe_over_the_file_algo(tmp_path):
@@ -159,12 +172,11 @@ def test_shipped_recipes_resolve_to_valid_configs(path):
 
 
 def test_siamese_distance_is_validated_and_reaches_the_learner():
-    from fewshot.learners import build_learner
-
     with pytest.raises(ValueError, match="siamese distance"):
         RunConfig(algo="siamese", distance="cosine").validate()
     learner = build_learner(RunConfig(algo="siamese", distance="l1-weighted").validate())
     assert learner.distance_kind == "l1-weighted" and learner.loss_kind == "bce"
-    assert build_learner(RunConfig(algo="protonet", distance="mahalanobis").validate()).distance == "mahalanobis"
-    with pytest.raises(ValueError, match="maml distance 'mahalanobis'; use euclidean"):
+    assert isinstance(build_learner(RunConfig(algo="protonet", distance="mahalanobis").validate()),
+                      MahalanobisProtoNet)
+    with pytest.raises(ValueError, match="^distance does not apply to maml on omniglot with net conv4-pool; drop it$"):
         RunConfig(algo="maml", distance="mahalanobis").validate()

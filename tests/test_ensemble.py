@@ -17,7 +17,8 @@ from fewshot.learners import ProtoNet
 from fewshot.learners.ensemble import Ensemble, mean_log_probs, resize_images
 from fewshot.nets import MLP, Conv4
 from fewshot.tasks.episode import Episode
-from fewshot.train import RunError, Trainer, load_ensemble, load_learner
+from fewshot.runs import load_ensemble, load_learner, trainer_for
+from fewshot.train import RunError
 
 BACKGROUND = PACKAGE_DATA_ROOT / "omniglot" / "images_background.zip"
 
@@ -88,11 +89,11 @@ def runs(tmp_path_factory):
     """Two tiny ProtoNet runs on the same split, at 28 px and at 32 px with a narrower, flattened net, a
     sinusoid run, and a ProtoNet run that holds out one validation alphabet, not three (so trains on two more)."""
     root = tmp_path_factory.mktemp("ensemble")
-    Trainer(tiny_protonet(steps=1), root / "p28", progress=False).run()
-    Trainer(tiny_protonet(steps=1, image_size=32, seed=1, channels=8, pooling="flatten"), root / "p32",
+    trainer_for(tiny_protonet(steps=1), root / "p28", progress=False).run()
+    trainer_for(tiny_protonet(steps=1, image_size=32, seed=1, channels=8, pooling="flatten"), root / "p32",
             progress=False).run()
-    Trainer(tiny_sinusoid(steps=1), root / "sinusoid", progress=False).run()
-    Trainer(tiny_protonet(steps=1, holdout_val=1, seed=2), root / "p28v1", progress=False).run()
+    trainer_for(tiny_sinusoid(steps=1), root / "sinusoid", progress=False).run()
+    trainer_for(tiny_protonet(steps=1, holdout_val=1, seed=2), root / "p28v1", progress=False).run()
     return root
 
 
@@ -112,7 +113,7 @@ def test_cli_eval_scores_an_ensemble_on_episodes_and_on_the_lake_runs(runs, tmp_
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["metric"] == "accuracy" and result["episodes"] == 4 and 0 <= result["mean"] <= 1
-    test_alphabets = yaml.safe_load((runs / "p28" / "config.yaml").read_text())["test_alphabets"]
+    test_alphabets = yaml.safe_load((runs / "p28" / "config.yaml").read_text())["data"]["test_alphabets"]
     write_lake_runs(tmp_path / "omniglot", BACKGROUND, test_alphabets, runs=2)
     code, out, err = cli(["eval", runs / "p28", "--ensemble", runs / "p32", "--benchmark", "omniglot-lake-runs",
                           "--data-root", tmp_path], capsys)
@@ -125,7 +126,7 @@ def test_cli_eval_with_distorted_support_copies_on_episodes_and_on_the_lake_runs
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["augment_support"] == 2 and result["episodes"] == 3 and 0 <= result["mean"] <= 1
-    test_alphabets = yaml.safe_load((runs / "p28" / "config.yaml").read_text())["test_alphabets"]
+    test_alphabets = yaml.safe_load((runs / "p28" / "config.yaml").read_text())["data"]["test_alphabets"]
     write_lake_runs(tmp_path / "omniglot", BACKGROUND, test_alphabets, runs=2)
     code, out, err = cli(["eval", runs / "p28", "--augment-support", "3", "--benchmark", "omniglot-lake-runs",
                           "--data-root", tmp_path, "--json"], capsys)
@@ -141,7 +142,7 @@ def test_cli_eval_with_distorted_support_copies_on_episodes_and_on_the_lake_runs
 
 def test_runs_holding_out_other_validation_alphabets_join_but_are_not_scored_on_what_one_trained_on(runs, tmp_path,
                                                                                                  capsys):
-    first, other = (yaml.safe_load((runs / r / "config.yaml").read_text()) for r in ("p28", "p28v1"))
+    first, other = (yaml.safe_load((runs / r / "config.yaml").read_text())["data"] for r in ("p28", "p28v1"))
     assert first["test_alphabets"] == other["test_alphabets"] and len(first["val_alphabets"]) == 3
     trained_by_other = sorted(set(first["val_alphabets"]) - set(other["val_alphabets"]))
     assert len(trained_by_other) == 2

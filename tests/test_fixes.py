@@ -31,10 +31,10 @@ def test_eval_on_a_data_root_holding_only_the_evaluation_zip(tmp_path: Path, cap
     """``fewshot eval RUN --split evaluation --data-root DIR``: the run's training characters (needed to check
     that the evaluation classes are held out) come from the background set shipped with the package."""
     from conftest import cli, tiny_protonet
-    from fewshot.train import Trainer
+    from fewshot.runs import trainer_for
 
     monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
-    Trainer(tiny_protonet(steps=1), tmp_path / "run", progress=False).run()
+    trainer_for(tiny_protonet(steps=1), tmp_path / "run", progress=False).run()
     archive = tmp_path / "data" / "omniglot" / "images_evaluation.zip"
     archive.parent.mkdir(parents=True)
     with zipfile.ZipFile(archive, "w") as zf:

@@ -20,7 +20,9 @@ from fewshot.datasets.lake_runs import lake_error, load_lake_runs, write_lake_ru
 from fewshot.datasets.omniglot import PACKAGE_DATA_ROOT
 from fewshot.learners.base import Learner
 from fewshot.tasks.sampler import ClassificationTasks
-from fewshot.tasks.sources import assign_holdout, train_tasks, val_tasks
+from fewshot.config import resolve
+from fewshot.domains.omniglot import assign_holdout
+from fewshot.registry import DOMAINS
 
 BACKGROUND = PACKAGE_DATA_ROOT / "omniglot" / "images_background.zip"
 HELD_OUT = ["Anglo-Saxon_Futhorc", "Futurama", "Grantha", "N_Ko", "Syriac_(Estrangelo)"]  # default test holdout
@@ -246,11 +248,12 @@ def test_within_group_skips_small_groups_and_refuses_when_none_is_big_enough():
 
 def test_within_alphabet_config_draws_training_and_validation_within_one_alphabet():
     config = assign_holdout(tiny_protonet(within_alphabet=True, train_ways=20))
-    for tasks in (train_tasks(config), val_tasks(config)):
+    omniglot = DOMAINS["omniglot"]
+    for tasks in (omniglot.train_tasks(config), omniglot.val_tasks(config)):
         for i in range(5):
             assert len({tasks.data.class_groups[c] for c in tasks.episode_classes(i)}) == 1
-    with pytest.raises(ValueError, match="within_alphabet"):
-        tiny_protonet(dataset="sinusoid", algo="maml", net="mlp", within_alphabet=True)
+    with pytest.raises(ValueError, match="^within_alphabet does not apply to maml on sinusoid with net mlp; drop it$"):
+        resolve({}, {"dataset": "sinusoid", "algo": "maml", "net": "mlp", "within_alphabet": True})
 
 
 # --- the command line ----------------------------------------------------------------------------------------
@@ -267,14 +270,14 @@ def lake_run(tmp_path_factory) -> Path:
                                       "checkpoint_every": 1, "log_every": 1}))
     run = root / "run"
     assert main(["train", "--config", str(config), "--steps", "1", "--out", str(run), "--no-progress"]) == 0
-    assert yaml.safe_load((run / "config.yaml").read_text())["within_alphabet"] is True
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["within_alphabet"] is True
     return run
 
 
 
 
 def test_cli_lake_benchmark_prints_the_error_as_json(lake_run, tmp_path, capsys):
-    test_alphabets = yaml.safe_load((lake_run / "config.yaml").read_text())["test_alphabets"]
+    test_alphabets = yaml.safe_load((lake_run / "config.yaml").read_text())["data"]["test_alphabets"]
     write_lake_runs(tmp_path / "omniglot", BACKGROUND, test_alphabets)
     code, out, err = cli(["eval", lake_run, "--benchmark", "omniglot-lake-runs", "--data-root", tmp_path, "--json"],
                          capsys)

@@ -29,9 +29,10 @@ FIXTURES = Path(__file__).parent / "data" / "molecules"
 SMARTS = {"carbonyl": "[CX3]=[OX1]", "halogen": "[F,Cl,Br,I]", "hydroxyl": "[OX2H]", "benzene": "c1ccccc1",
           "sulfur": "[#16]", "ester": "[#6]C(=O)O[#6]", "alkene": "C=C", "chlorine": "Cl", "nitrogen": "[#7]",
           "ether": "[OD2]([#6])[#6]", "fused": "[R2]", "aromatic-n": "n"}
-TINY = dict(fp_size=256, hidden=64, embedding_dim=32, support_pos=5, support_neg=5, queries=16, meta_batch=4,
+TINY = dict(fp_size=256, support_pos=5, support_neg=5, queries=16, meta_batch=4,
             steps=40, lr=0.003, val_every=20, val_episodes=8, checkpoint_every=20, log_every=10, draws=4,
             featurizer="ecfp")
+NET = dict(hidden=64, embedding_dim=32)      # the net's options (the forest has no net)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ LEARNERS = {
 
 @pytest.mark.parametrize("learner", sorted(LEARNERS))
 def test_each_learner_ranks_held_out_substructure_tasks_above_chance(learner, substructure_root, tmp_path, capsys):
-    options = {"algo": learner, **TINY, **LEARNERS[learner]}
+    options = {"algo": learner, **TINY, **({} if learner == "forest" else NET), **LEARNERS[learner]}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(options))
     run = tmp_path / "run"
     with warnings.catch_warnings():
@@ -82,7 +83,7 @@ def test_each_learner_ranks_held_out_substructure_tasks_above_chance(learner, su
                               substructure_root, "--out", run, "--no-progress", "--threads", "1"], capsys)
     assert code == 0, err
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["test_tasks"] == ["ether", "fused", "aromatic-n"]
+    assert cfg["data"]["test_tasks"] == ["ether", "fused", "aromatic-n"]
     result = json.loads((run / "test.json").read_text())
     assert result["metric"] == "roc_auc" and result["tasks"] == 3 and result["support_size"] == 10
     assert result["mean"] > 0.6, result
@@ -113,8 +114,10 @@ def test_fsmol_eval_json_contract_and_missing_test_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, pattern", [
     (["train", "--dataset", "tox21", "--no-progress"], "--data-root"),
-    (["train", "--dataset", "tox21", "--algo", "relation", "--data-root", "X"], "built for images"),
-    (["train", "--dataset", "omniglot", "--algo", "forest"], "molecule datasets"),
+    (["train", "--dataset", "tox21", "--algo", "relation", "--data-root", "X"],
+     "relation builds its own encoder (relation-conv), which does not fit tox21"),
+    (["train", "--dataset", "omniglot", "--algo", "forest"],
+     "forest uses no net, so it needs feature vectors; omniglot gives images: use it on fsmol, tox21"),
     (["train", "--dataset", "fsmol", "--support-pos", "3", "--data-root", "X"], "positives and negatives"),
 ])
 def test_bad_molecule_input_is_one_line(argv, pattern, tmp_path, capsys):

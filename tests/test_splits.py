@@ -8,8 +8,8 @@ import pytest
 
 from fewshot.config import RunConfig
 from fewshot.datasets.omniglot import DEFAULT_SPLITS_DIR, list_alphabets, load_omniglot
-from fewshot.tasks import sources
-from fewshot.tasks.sources import assign_holdout, character, eval_data, omniglot_part
+from fewshot.domains.omniglot import assign_holdout, character, eval_data, omniglot_part
+from fewshot.registry import DOMAINS
 
 
 def lake_config(**kw) -> RunConfig:
@@ -48,10 +48,12 @@ def test_holdout_lists_are_recorded_in_the_config(lake_parts):
     assert config.val_alphabets and config.test_alphabets
     assert set(config.val_alphabets) == set(parts["val"].class_groups)
     assert set(config.test_alphabets) == set(parts["test"].class_groups)
-    saved = config.to_dict()
+    saved = config.flat()
     assert saved["val_alphabets"] == config.val_alphabets
     assert saved["test_alphabets"] == config.test_alphabets
-    # a config rebuilt from its recorded dict gives the same parts (what a resumed / evaluated run does)
+    assert config.to_sections()["data"]["val_alphabets"] == config.val_alphabets    # what config.yaml holds
+    assert config.to_sections()["data"]["test_alphabets"] == config.test_alphabets
+    # a config rebuilt from its recorded options gives the same parts (what a resumed / evaluated run does)
     rebuilt = RunConfig(**saved).validate()
     assert characters(omniglot_part(rebuilt, "test")) == characters(parts["test"])
 
@@ -127,7 +129,7 @@ def test_eval_data_defaults_to_held_out_parts(lake_parts):
         assert characters(data) == characters(parts["test"])
     name, data = eval_data(config, "val", None)
     assert name == "background:val" and characters(data) == characters(parts["val"])
-    name, tasks = sources.test_tasks(config, None, None)
+    name, tasks = DOMAINS["omniglot"].test_tasks(config, None, None)
     train_chars = characters(parts["train"])
     assert not {character(tasks.data.class_names[c]) for c in tasks.episode_classes(0)} & train_chars
 

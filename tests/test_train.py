@@ -12,11 +12,12 @@ import yaml
 from conftest import tiny_protonet, tiny_sinusoid
 from fewshot.checkpoint import read_checkpoint, tensor_path
 from fewshot.config import RunConfig
-from fewshot.train import RunError, Trainer, load_learner, load_run_config, run_config
+from fewshot.runs import load_learner, load_run_config, run_config, trainer_for
+from fewshot.train import RunError, Trainer
 
 
 def train(config: RunConfig, run_dir: Path):
-    return Trainer(config, run_dir, progress=False).run()
+    return trainer_for(config, run_dir, progress=False).run()
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -35,7 +36,8 @@ def assert_params_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tenso
 
 def test_run_directory_layout(tmp_path):
     run = tmp_path / "run"
-    result = train(tiny_sinusoid(), run)
+    config = tiny_sinusoid()
+    result = train(config, run)
     assert result.step == 6 and not result.stopped_early and result.best_val is not None
     for name in ("last", "best"):
         assert (run / "checkpoints" / f"{name}.json").is_file(), name
@@ -43,8 +45,8 @@ def test_run_directory_layout(tmp_path):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert not [p for p in run.rglob("*") if p.suffix in (".pt", ".pkl", ".pth")]
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved == result.config.to_dict() and saved["steps"] == 6 and saved["algo"] == "maml"
-    assert load_run_config(run) == result.config
+    assert saved == config.to_sections() and saved["train"]["steps"] == 6 and saved["learner"]["algo"] == "maml"
+    assert load_run_config(run) == config
     records = metrics(run)
     assert all(isinstance(r["step"], int) and r["split"] in ("train", "val") for r in records)
     train_steps = [r["step"] for r in records if r["split"] == "train"]
@@ -65,8 +67,8 @@ def test_omniglot_protonet_run_records_holdout(tmp_path):
     run = tmp_path / "proto"
     result = train(tiny_protonet(), run)
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert len(saved["val_alphabets"]) == 3 and len(saved["test_alphabets"]) == 5
-    assert not set(saved["val_alphabets"]) & set(saved["test_alphabets"])
+    assert len(saved["data"]["val_alphabets"]) == 3 and len(saved["data"]["test_alphabets"]) == 5
+    assert not set(saved["data"]["val_alphabets"]) & set(saved["data"]["test_alphabets"])
     val = [r for r in metrics(run) if r["split"] == "val"]
     assert [r["step"] for r in val] == [1, 2] and all(0.0 <= r["accuracy"] <= 1.0 for r in val)
     assert result.best_val == max(r["accuracy"] for r in val)
@@ -145,7 +147,7 @@ def test_time_limit_stops_early_and_keeps_checkpoints(tmp_path):
 def test_meta_training_improves_sinusoid_regression(tmp_path):
     cfg = tiny_sinusoid(steps=150, meta_batch=4, lr=0.01, shots=10, queries=10, eval_inner_steps=5,
                         val_every=1000, val_episodes=20, checkpoint_every=1000)
-    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer = trainer_for(cfg, tmp_path / "run", progress=False)
     before = trainer.validate()
     result = trainer.run()
     after = trainer.validate()
@@ -159,7 +161,7 @@ def test_meta_training_improves_sinusoid_regression(tmp_path):
 
 def test_non_finite_loss_raises_naming_the_step(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    trainer = Trainer(tiny_sinusoid(steps=6), run, progress=False)
+    trainer = trainer_for(tiny_sinusoid(steps=6), run, progress=False)
     nan_loss_at(trainer, 3, monkeypatch)
     with pytest.raises(FloatingPointError, match="step 3"):
         trainer.run()
@@ -186,11 +188,11 @@ def test_non_finite_loss_can_skip_the_meta_batch(tmp_path, monkeypatch, capsys):
     train(tiny_sinusoid(steps=6), run)                                      # a clean reference run
     reference = [r for r in metrics(run) if r["split"] == "train"]
     with pytest.raises(FloatingPointError, match="step 3"):                 # the default stops at step 3 ...
-        trainer = Trainer(tiny_sinusoid(steps=6), tmp_path / "stopped", progress=False)
+        trainer = trainer_for(tiny_sinusoid(steps=6), tmp_path / "stopped", progress=False)
         nan_loss_at(trainer, 3, monkeypatch)
         trainer.run()
     resumed = run_config(tmp_path / "stopped", {}, {"on_nonfinite": "skip"})   # ... and resumes with skip
-    trainer = Trainer(resumed, tmp_path / "stopped", progress=False)
+    trainer = trainer_for(resumed, tmp_path / "stopped", progress=False)
     nan_loss_at(trainer, 3, monkeypatch)
     result = trainer.run()
     assert result.step == 6 and result.skipped == 1
@@ -207,7 +209,7 @@ def test_non_finite_loss_can_skip_the_meta_batch(tmp_path, monkeypatch, capsys):
 
 def test_non_finite_gradient_stops_naming_the_step(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    trainer = Trainer(tiny_sinusoid(steps=6), run, progress=False)
+    trainer = trainer_for(tiny_sinusoid(steps=6), run, progress=False)
     real = trainer.learner.meta_backward
 
     def inf_grad_at_step_5(batch, **kwargs):
@@ -222,7 +224,7 @@ def test_non_finite_gradient_stops_naming_the_step(tmp_path, monkeypatch):
 
 
 def test_bf16_precision_autocasts_the_training_step_only(tmp_path):
-    trainer = Trainer(tiny_protonet(steps=2, precision="bf16"), tmp_path / "run", progress=False)
+    trainer = trainer_for(tiny_protonet(steps=2, precision="bf16"), tmp_path / "run", progress=False)
     first_conv = next(m for m in trainer.learner.modules() if isinstance(m, torch.nn.Conv2d))
     seen = []
     first_conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
@@ -253,7 +255,7 @@ def test_resume_restores_the_random_stream_that_training_draws_from(tmp_path, mo
 
 
 def test_grad_clip_bounds_the_meta_gradient_norm_of_every_update(tmp_path):
-    trainer = Trainer(tiny_protonet(steps=3, grad_clip=0.01), tmp_path / "run", progress=False)
+    trainer = trainer_for(tiny_protonet(steps=3, grad_clip=0.01), tmp_path / "run", progress=False)
     norms, step = [], trainer.optimizer.step
 
     def record_then_step(*args, **kwargs):
@@ -272,7 +274,7 @@ def test_ema_is_the_moving_average_of_the_weights_and_what_the_run_returns(tmp_p
     """With ``ema: d`` the deployed weights follow e_1 = w_1, e_t = d e_(t-1) + (1 - d) w_t over the weights
     w_t after each update, recomputed here from the live weights; ``load_learner`` returns them, not w_t."""
     decay = 0.9
-    trainer = Trainer(tiny_protonet(steps=4, ema=decay), tmp_path / "run", progress=False)
+    trainer = trainer_for(tiny_protonet(steps=4, ema=decay), tmp_path / "run", progress=False)
     expected, step = None, trainer.optimizer.step
 
     def step_then_average(*args, **kwargs):
@@ -306,7 +308,7 @@ def test_resume_with_ema_equals_an_uninterrupted_run(tmp_path):
 
 def test_lr_decay_halves_the_learning_rate_every_n_steps_also_after_a_resume(tmp_path):
     def learning_rates(config, run_dir):
-        trainer = Trainer(config, run_dir, progress=False)
+        trainer = trainer_for(config, run_dir, progress=False)
         seen, step = [], trainer.optimizer.step
 
         def record_then_step(*args, **kwargs):

@@ -111,11 +111,11 @@ class ImageFolders(EpisodeDomain):
     def train_tasks(self, config) -> ClassificationTasks:
         return ClassificationTasks(self.part(config, "train"), config.train_ways or config.ways, config.shots,
                                    config.train_queries or config.queries, seed=episode_seeds(config)[0],
-                                   name="the training classes")
+                                   name="the training split")
 
     def val_tasks(self, config) -> ClassificationTasks:
         return ClassificationTasks(self.part(config, "val"), config.ways, config.shots, config.queries,
-                                   seed=episode_seeds(config)[1], name="the validation classes")
+                                   seed=episode_seeds(config)[1], name="the validation split")
 
     def test_tasks(self, config, split=None, data_root=None, *, ways=None, shots=None, queries=None, seed=0,
                    args=None):
@@ -125,7 +125,7 @@ class ImageFolders(EpisodeDomain):
         data = self.part(config, split, data_root)
         return f"images:{split}", ClassificationTasks(data, ways or config.ways, shots or config.shots,
                                                       queries or config.queries, seed=seed,
-                                                      name=f"the {split} classes")
+                                                      name=f"the {split} split")
 
     def describe(self, args, summary) -> str:
         if args.augment_support:
