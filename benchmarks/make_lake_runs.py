@@ -3,7 +3,7 @@
 The official runs draw on the Omniglot *evaluation* set, which is not shipped. This script
 writes 20 runs in the same layout (``runNN/training/classNN.png``, ``runNN/test/itemNN.png``,
 ``runNN/class_labels.txt``, plus a ``fixture.json`` manifest) from the 5 background alphabets
-that every Lake-split run holds out for testing (:func:`fewshot.tasks.sources.assign_holdout`
+that every Lake-split run holds out for testing (:func:`fewshot.domains.omniglot.assign_holdout`
 with the default config), reading the background zip shipped with the package. Each run uses
 one alphabet, 20 of its characters, one drawer for the training images and another for the
 queries; alphabets with fewer than 20 characters are skipped (and named).
@@ -26,7 +26,7 @@ from pathlib import Path
 from fewshot.config import RunConfig
 from fewshot.datasets.lake_runs import RUNS_ARCHIVE, RUNS_FOLDER, WAYS, write_lake_runs
 from fewshot.datasets.omniglot import PACKAGE_DATA_ROOT
-from fewshot.tasks.sources import assign_holdout
+from fewshot.domains.omniglot import assign_holdout
 
 EMBEDDED_BACKGROUND = PACKAGE_DATA_ROOT / "omniglot" / "images_background.zip"
 

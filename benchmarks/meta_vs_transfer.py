@@ -28,15 +28,15 @@ from pathlib import Path
 from cli_child import run_fewshot
 from results import markdown, measure_all
 
-from fewshot.config import ALGOS, GRADIENT_ALGOS
+from fewshot.registry import DOMAINS, LEARNERS
 
-IMAGE_ALGOS = tuple(a for a in ALGOS if a != "forest")   # the random forest is a molecule baseline
+IMAGE_ALGOS = tuple(DOMAINS["omniglot"].recipes)          # the learners with an Omniglot recipe
 SETTINGS = ((5, 1), (5, 5), (20, 1), (20, 5))    # (ways, shots) of the test episodes
 
 
 def benchmark_learner(algo: str, out: Path, budget: float, episodes: int, common: list[str]) -> dict:
     """Train ``algo`` within ``budget`` seconds and score it on :data:`SETTINGS`."""
-    ways_of_runs = (5, 20) if algo in GRADIENT_ALGOS else (5,)
+    ways_of_runs = (5, 20) if LEARNERS[algo].head else (5,)
     runs, seconds, peak = {}, 0.0, 0.0
     for ways in ways_of_runs:
         run = out / f"{algo}-{ways}way"

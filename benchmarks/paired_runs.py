@@ -17,17 +17,16 @@ from pathlib import Path
 import torch
 
 from fewshot.evaluate import evaluate
-from fewshot.tasks import molecule_sources
+from fewshot.runs import load_learner
 from fewshot.tasks.assays import SupportSpec
-from fewshot.train import load_learner
 
 
 def per_task(run: Path, checkpoint: str, split: str, data_root: str, support_size: int, draws: int,
              seed: int) -> tuple[str, dict[str, float]]:
     """The run's metric name and its score on each task (mean over the task's draws)."""
     learner, cfg = load_learner(run, checkpoint)
-    _, tasks = molecule_sources.test_tasks(cfg, split, data_root, support=SupportSpec(size=support_size),
-                                           draws=draws, seed=seed)
+    _, tasks = cfg.domain.test_tasks(cfg, split, data_root, support=SupportSpec(size=support_size), draws=draws,
+                                     seed=seed)
     result = evaluate(learner, tasks, None, inner_steps=cfg.test_inner_steps)
     return result.metric, dict(zip(result.tasks, result.values))
 

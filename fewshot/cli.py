@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -216,6 +217,8 @@ def _train_in_group(args: argparse.Namespace) -> None:
         algo = flags["algo"] or file_values.get("algo", "protonet")
         dataset = flags["dataset"] or file_values.get("dataset", "omniglot")
         out = f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{algo}-{dataset}"
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"run directory {out} is a file; pass a new or existing directory to --out")
     config = run_config(Path(out), file_values, flags)
     if args.print_config:
         print(yaml.safe_dump(config.to_sections(), sort_keys=False), end="")
@@ -294,6 +297,7 @@ def _one_line(error: Exception) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fewshot`` command; returns the exit status."""
+    warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"   # one line, no source
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:

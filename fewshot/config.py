@@ -111,7 +111,7 @@ def check_types(values: dict[str, Any], source: str) -> None:
 def flatten(values: dict[str, Any], source: str) -> dict[str, Any]:
     """Options by name from a sectioned mapping (``{"train": {"lr": 0.01}}``) or a flat one (``{"lr": 0.01}``);
     an option under the wrong section is refused naming the right one."""
-    if not any(isinstance(values.get(s), dict) for s in SECTIONS):
+    if not any(isinstance(v, dict) for v in values.values()):     # no option's value is a mapping
         return dict(values)
     sections, _ = schema()
     flat: dict[str, Any] = {}

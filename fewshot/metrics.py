@@ -54,8 +54,8 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
 def delta_auprc(scores: torch.Tensor, query_labels: torch.Tensor) -> float:
     """FS-Mol's ΔAUPRC: the query set's average precision minus its active fraction, the expected
     average precision of a random ranking (``avg_precision - fraction_pos_test`` in FS-Mol's
-    ``fs_mol/utils/test_utils.py``; the issue's "fraction of the support set" is, under FS-Mol's
-    stratified draws, the same fraction up to rounding)."""
+    ``fs_mol/utils/test_utils.py``; the support set's active fraction, the other reading of the baseline, is
+    the same fraction up to rounding under FS-Mol's stratified draws)."""
     return average_precision(scores, query_labels) - float(query_labels.double().mean())
 
 

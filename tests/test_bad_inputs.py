@@ -15,17 +15,21 @@ from typing import Callable, NamedTuple
 import pytest
 import torch
 from PIL import Image
+from torch import nn
+
+import fewshot
 
 from conftest import index_data, tiny_protonet, tiny_sinusoid
 from fewshot.checkpoint import tensor_path
 from fewshot.cli import main
 from fewshot.datasets import omniglot
+from fewshot.datasets.labelled import LabelledData
 from fewshot.datasets.omniglot import load_omniglot
 from fewshot.distributed import task_slice
 from fewshot.evaluate import evaluate
 from fewshot.tasks.sampler import ClassificationTasks
 from fewshot.tasks.sinusoid import SinusoidTasks
-from fewshot.train import Trainer
+from fewshot.runs import trainer_for
 
 TABLE = Path(__file__).resolve().parent.parent / "docs" / "bad-inputs.md"
 MOLECULES = Path(__file__).resolve().parent / "data" / "molecules"
@@ -106,6 +110,7 @@ CASES = [
     Case("config-binary", "a binary config file", "train --config {d}/binary.yaml"),
     Case("config-list", "a config file that is a list", "train --config {d}/list.yaml"),
     Case("config-unknown-key", "an unknown key", "train --config {d}/unknown-key.yaml"),
+    Case("config-unknown-did-you-mean", "a misspelt key in a sectioned file", "train --config {d}/sectioned-typo.yaml"),
     Case("config-wrong-type", "a value of the wrong type", "train --config {d}/wrong-type.yaml"),
     Case("config-lr-text", "a learning rate that YAML reads as text", "train --config {d}/lr-text.yaml"),
     Case("config-seed", "a negative seed", "train --config {d}/seed.yaml"),
@@ -129,6 +134,17 @@ CASES = [
     Case("distort-molecules", "image distortions on a molecule dataset", "train --dataset tox21 --distort"),
     Case("config-pretrain-classes", "a fine-tune head of the wrong size",
          "train --config {d}/pretrain.yaml --out {d}/r"),
+    # -- options of another owner, the model's outputs ----------------------------------------------------
+    Case("train-option-not-applicable", "an option of another learner",
+         "train --algo protonet --set inner_lr=0.1 --out {d}/r"),
+    Case("train-set-wrong-section", "`--set` naming an option under the wrong section",
+         "train --set learner.lr=0.1 --out {d}/r"),
+    Case("train-output-width", "API: a model whose output width is not the episodes' ways",
+         lambda d: fewshot.fit(fewshot.MAML(nn.Linear(1, 10)), ClassificationTasks(index_data([3] * 6), 4, 1, 2),
+                               steps=1, meta_batch=1, progress=False)),
+    Case("train-encoder-not-vectors", "API: a ProtoNet encoder that returns feature maps, not vectors",
+         lambda d: fewshot.fit(fewshot.ProtoNet(nn.Conv2d(1, 8, 3, padding=1)),
+                               ClassificationTasks(images_8x8(), 4, 1, 2), steps=1, meta_batch=1, progress=False)),
     # -- run directories and checkpoints -------------------------------------------------------------------
     Case("out-is-a-file", "--out naming a file", "train --out {d}/a-file"),
     Case("resume-other-algo", "resuming a ProtoNet run as MAML", "train --algo maml --out {d}/proto"),
@@ -142,6 +158,7 @@ CASES = [
     Case("eval-maml-ways", "eval of a 1-way MAML head with 5 ways", "eval {d}/sinusoid --ways 5"),
     Case("eval-within-alphabet-sinusoid", "episodes within one alphabet of a sinusoid run",
          "eval {d}/sinusoid --within-alphabet"),
+    Case("eval-flag-other-domain", "a molecule flag for an Omniglot run", "eval {d}/proto --support-size 16"),
     Case("eval-augment-support-sinusoid", "distorted support copies for a sinusoid run",
          "eval {d}/sinusoid --augment-support 4"),
     Case("eval-ensemble-split", "an ensemble of runs trained on different data", "eval {d}/proto --ensemble {d}/sinusoid"),
@@ -151,6 +168,11 @@ CASES = [
     Case("device-no-gpu", "a GPU on a machine without one (CUDA hidden from torch)", "eval {d}/proto --device cuda"),
     Case("eval-other-dataset", "eval of an Omniglot run on sinusoid", "eval {d}/proto --dataset sinusoid"),
 ]
+
+
+def images_8x8() -> LabelledData:
+    """Four classes of six blank 8x8 grey images."""
+    return LabelledData(torch.zeros(24, 1, 8, 8, dtype=torch.uint8), torch.arange(4).repeat_interleave(6))
 
 
 def png(image: Image.Image) -> bytes:
@@ -202,7 +224,7 @@ def d(tmp_path_factory) -> Path:
     (d / "damaged-embedded.zip").write_bytes(b"not the archive fewshot ships\n")
     shutil.copytree(MOLECULES / "tox21", d / "molecules" / "tox21")
     configs = {"lr-inf": "lr: .inf\n", "syntax": "ways: [1, 2\nlr: 3\n", "list": "- algo\n- maml\n",
-               "unknown-key": "meta_batchsize: 4\n", "wrong-type": "ways: five\n", "lr-text": "lr: 1e-3\n",
+               "unknown-key": "temperature: 2\n", "sectioned-typo": "train:\n  meta_batchsize: 4\n", "wrong-type": "ways: five\n", "lr-text": "lr: 1e-3\n",
                "seed": "seed: -1\n", "image-size": "image_size: 8\n", "holdout": "holdout_val: -1\n",
                "on-nonfinite": "on_nonfinite: ignore\n", "precision": "precision: fp16\n",
                "distance": "algo: protonet\ndistance: cosine\n", "pretrain": "algo: finetune\npretrain_classes: 5\n",
@@ -215,10 +237,10 @@ def d(tmp_path_factory) -> Path:
     for name, text in configs.items():
         (d / f"{name}.yaml").write_text(text)
     (d / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01")
-    Trainer(tiny_protonet(steps=1), d / "proto", progress=False).run()
-    Trainer(tiny_protonet(steps=1, holdout_val=1), d / "proto-v1", progress=False).run()
-    Trainer(tiny_sinusoid(steps=1), d / "sinusoid", progress=False).run()
-    Trainer(tiny_protonet(algo="maml", net="conv4-strided", train_ways=None, steps=1, inner_steps=1),
+    trainer_for(tiny_protonet(steps=1), d / "proto", progress=False).run()
+    trainer_for(tiny_protonet(steps=1, holdout_val=1), d / "proto-v1", progress=False).run()
+    trainer_for(tiny_sinusoid(steps=1), d / "sinusoid", progress=False).run()
+    trainer_for(tiny_protonet(algo="maml", net="conv4-strided", train_ways=None, steps=1, inner_steps=1),
             d / "maml", progress=False).run()
     for name in ("bad-log", "no-checkpoint", "bad-config", "tampered", "other-architecture"):
         shutil.copytree(d / "proto", d / name)

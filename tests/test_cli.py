@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from fewshot.checkpoint import tensor_path
 
 from conftest import cli, tiny_protonet
 from fewshot.cli import main
-from fewshot.train import Trainer
+from fewshot.runs import trainer_for
 
 TINY = {"meta_batch": 2, "shots": 5, "queries": 5, "val_every": 2, "val_episodes": 3, "test_episodes": 3,
         "checkpoint_every": 2, "log_every": 1, "eval_inner_steps": 1}
@@ -41,7 +42,7 @@ def sinusoid_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def protonet_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("cli-proto") / "run"
-    Trainer(tiny_protonet(steps=1), run, progress=False).run()
+    trainer_for(tiny_protonet(steps=1), run, progress=False).run()
     return run
 
 
@@ -50,8 +51,9 @@ def test_train_writes_a_run_and_a_test_summary(sinusoid_run):
         assert (sinusoid_run / name).is_file(), name
     assert tensor_path(sinusoid_run / "checkpoints", "last").is_file()
     cfg = yaml.safe_load((sinusoid_run / "config.yaml").read_text())
-    assert cfg["steps"] == 3 and cfg["algo"] == "maml" and cfg["val_episodes"] == 3      # flags + file
-    assert cfg["inner_lr"] == 0.01                                                       # recipe
+    assert cfg["train"]["steps"] == 3 and cfg["learner"]["algo"] == "maml"              # flags
+    assert cfg["train"]["val_episodes"] == 3                                             # file
+    assert cfg["learner"]["inner_lr"] == 0.01                                            # recipe
     summary = json.loads((sinusoid_run / "test.json").read_text())
     assert set(summary) == SUMMARY_KEYS and summary["episodes"] == 3
 
@@ -80,12 +82,11 @@ def test_eval_json_on_omniglot(protonet_run, capsys):
 
 
 def test_eval_within_one_alphabet_draws_each_episode_from_one_held_out_alphabet(protonet_run, capsys):
-    from fewshot.tasks.sources import test_tasks
-    from fewshot.train import load_learner
+    from fewshot.runs import load_learner
 
     _, cfg = load_learner(protonet_run)
-    _, mixed = test_tasks(cfg, ways=5)
-    _, within = test_tasks(cfg, ways=5, within_alphabet=True)
+    _, mixed = cfg.domain.test_tasks(cfg, ways=5)
+    _, within = cfg.domain.test_tasks(cfg, ways=5, args=argparse.Namespace(within_alphabet=True))
     groups = within.data.class_groups
     alphabets = [{groups[c] for c in within.episode_classes(i)} for i in range(20)]
     assert all(len(a) == 1 for a in alphabets) and set().union(*alphabets) <= set(cfg.test_alphabets)
@@ -200,16 +201,21 @@ def test_eval_with_other_ways_than_a_maml_head(sinusoid_run, capsys):
 def test_every_algorithm_trains_and_evaluates_on_omniglot(algo, tmp_path, capsys):
     """Each learner runs end to end through the CLI: train (2 steps), checkpoint, reload, eval --json."""
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({"val_episodes": 2, "test_episodes": 2, "meta_batch": 2, "batch_size": 16,
-                                      "train_ways": None if algo in ("anil", "metasgd", "reptile", "fomaml") else 5,
-                                      "queries": 2, "train_queries": 2, "eval_inner_steps": 2}))
+    gradient = algo in ("anil", "metasgd", "reptile", "fomaml")
+    options = {"val_episodes": 2, "test_episodes": 2, "meta_batch": 2, "train_ways": None if gradient else 5,
+               "queries": 2, "train_queries": 2}
+    if algo == "finetune":
+        options["batch_size"] = 16                 # the options of its learner section, which only it has
+    if gradient or algo == "finetune":
+        options["eval_inner_steps"] = 2
+    config.write_text(yaml.safe_dump(options))
     run = tmp_path / "run"
     code, out, err = cli(["train", "--config", config, "--algo", algo, "--steps", "2", "--out", run,
                           "--no-progress"], capsys)
     assert code == 0, err
     assert "test accuracy" in out
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["algo"] == algo and (algo != "finetune" or saved["pretrain_classes"] > 500)
+    assert saved["learner"]["algo"] == algo and (algo != "finetune" or saved["learner"]["pretrain_classes"] > 500)
     code, out, err = cli(["eval", run, "--episodes", "3", "--json"], capsys)
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
@@ -231,4 +237,84 @@ def test_train_flags_for_within_alphabet_episodes(tmp_path, capsys):
                           "--out", run, "--no-progress"], capsys)
     assert code == 0, err
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert (saved["within_alphabet"], saved["train_ways"], saved["train_queries"], saved["ways"]) == (True, 20, 2, 20)
+    data = saved["data"]
+    assert (data["within_alphabet"], data["train_ways"], data["train_queries"], data["ways"]) == (True, 20, 2, 20)
+
+
+# -- the sectioned config: --print-config, --set, --version -------------------------------------------------
+
+
+def test_version_prints_the_package_version(capsys):
+    import fewshot
+
+    code, out, err = cli(["--version"], capsys)
+    assert code == 0 and out == f"fewshot {fewshot.__version__}\n", (out, err)
+
+
+def print_config(argv: list, capsys) -> dict:
+    code, out, err = cli(["train", "--print-config", *argv], capsys)
+    assert code == 0, err
+    return yaml.safe_load(out)
+
+
+def test_print_config_is_sectioned_yaml_that_config_reads_back(tmp_path, capsys):
+    from fewshot.config import load_yaml, resolve
+
+    run = tmp_path / "r"
+    printed = print_config(["--algo", "maml", "--dataset", "sinusoid", "--steps", "7", "--out", run], capsys)
+    assert list(printed) == ["data", "model", "learner", "train", "eval"]
+    assert printed["learner"]["algo"] == "maml" and printed["data"]["dataset"] == "sinusoid"
+    assert printed["model"] == {"net": "mlp"} and printed["train"]["steps"] == 7
+    assert printed["learner"]["inner_lr"] == 0.01                  # the recipe
+    assert not (tmp_path / "r").exists()                           # printing trains nothing
+    path = tmp_path / "printed.yaml"
+    path.write_text(yaml.safe_dump(printed, sort_keys=False))
+    assert resolve(load_yaml(path), {}).to_sections() == printed
+    assert print_config(["--config", path, "--out", run], capsys) == printed
+    omniglot = print_config(["--algo", "protonet", "--out", run], capsys)       # and an Omniglot run's
+    path.write_text(yaml.safe_dump(omniglot, sort_keys=False))
+    assert print_config(["--config", path, "--out", run], capsys) == omniglot
+
+
+def test_set_reaches_the_config_between_the_file_and_the_flags(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  lr: 0.5\n  meta_batch: 9\n  val_every: 3\n")
+    argv = ["--config", config, "--algo", "maml", "--dataset", "sinusoid", "--out", tmp_path / "r"]
+    printed = print_config([*argv, "--set", "lr=0.01", "--set", "train.meta_batch=2"], capsys)
+    assert (printed["train"]["lr"], printed["train"]["meta_batch"], printed["train"]["val_every"]) == (0.01, 2, 3)
+    printed = print_config([*argv, "--set", "lr=0.01", "--lr", "0.02", "--set", "multi_step_loss=true",
+                            "--set", "learner.inner_steps=3"], capsys)
+    assert printed["train"]["lr"] == 0.02                          # flags beat --set
+    assert printed["learner"]["multi_step_loss"] is True and printed["learner"]["inner_steps"] == 3   # YAML values
+    printed = print_config([*argv, "--set", "eval_inner_steps=4", "--inner-steps", "2"], capsys)
+    assert (printed["learner"]["eval_inner_steps"], printed["learner"]["inner_steps"]) == (4, 2)
+
+
+@pytest.mark.parametrize("pairs, message", [
+    (["learner.lr=0.1"], "fewshot train: error: --set learner.lr: option 'lr' belongs in section train, not learner"),
+    (["lr"], "fewshot train: error: --set lr: give KEY=VALUE, e.g. --set lr=0.01"),
+    (["trian.lr=0.1"], "fewshot train: error: --set trian.lr: unknown section 'trian'; did you mean 'train'?"),
+    (["meta_batchsize=4"], "fewshot train: error: --set: unknown option 'meta_batchsize'; did you mean 'meta_batch'?"),
+    (["lr=fast"], "fewshot train: error: --set: option 'lr' must be float, got 'fast'"),
+    (["inner_lr=0.1"], "fewshot train: error: inner_lr does not apply to protonet on omniglot with net conv4-pool; "
+                       "drop it"),
+])
+def test_bad_set_is_refused_in_one_line(pairs, message, tmp_path, capsys):
+    argv = ["train", "--out", tmp_path / "r", "--no-progress"]
+    for pair in pairs:
+        argv += ["--set", pair]
+    code, out, err = cli(argv, capsys)
+    assert_bad_input(code, out, err)
+    assert err.strip() == message
+    assert not (tmp_path / "r").exists()
+
+
+def test_eval_refuses_the_flags_of_another_domain(sinusoid_run, protonet_run, capsys):
+    code, out, err = cli(["eval", sinusoid_run, "--within-alphabet"], capsys)
+    assert_bad_input(code, out, err)
+    assert err.strip() == "fewshot eval: error: --within-alphabet does not apply to sinusoid runs; drop it"
+    code, out, err = cli(["eval", protonet_run, "--support-size", "16"], capsys)
+    assert_bad_input(code, out, err)
+    assert err.strip() == "fewshot eval: error: --support-size does not apply to omniglot runs; drop it"
+    code, out, err = cli(["eval", sinusoid_run, "--benchmark", "omniglot-lake-runs"], capsys)
+    assert_bad_input(code, out, err, "--benchmark does not apply to sinusoid runs; drop it")

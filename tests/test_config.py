@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from fewshot.config import RECIPES, RunConfig, load_yaml, resolve
 from fewshot.learners import MahalanobisProtoNet
@@ -180,3 +182,147 @@ def test_siamese_distance_is_validated_and_reaches_the_learner():
                       MahalanobisProtoNet)
     with pytest.raises(ValueError, match="^distance does not apply to maml on omniglot with net conv4-pool; drop it$"):
         RunConfig(algo="maml", distance="mahalanobis").validate()
+
+
+# -- sections: files, messages, run directories ---------------------------------------------------------------
+
+
+def test_a_flat_and_a_sectioned_config_file_resolve_equal(tmp_path):
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("algo: maml\ndataset: omniglot\nnet: conv4-strided\nchannels: 32\nways: 20\nshots: 5\n"
+                    "inner_lr: 0.1\neval_inner_steps: 5\nmeta_batch: 4\nlr: 0.002\ntest_episodes: 50\n")
+    sectioned = tmp_path / "sectioned.yaml"
+    sectioned.write_text("data:\n  dataset: omniglot\n  ways: 20\n  shots: 5\nmodel:\n  net: conv4-strided\n"
+                         "  channels: 32\nlearner:\n  algo: maml\n  inner_lr: 0.1\n  eval_inner_steps: 5\n"
+                         "train:\n  meta_batch: 4\n  lr: 0.002\neval:\n  test_episodes: 50\n")
+    assert load_yaml(flat) == load_yaml(sectioned)
+    a, b = resolve(load_yaml(flat), {}), resolve(load_yaml(sectioned), {})
+    assert a == b and a.to_sections() == b.to_sections()
+    assert (a.ways, a.channels, a.inner_lr, a.meta_batch, a.test_episodes, a.inner_steps) == (20, 32, 0.1, 4, 50, 1)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  meta_batchsize: 4\n", "unknown option 'meta_batchsize'; did you mean 'meta_batch'?"),
+    ("learner:\n  algo: maml\n  inner_lrr: 0.1\n", "unknown option 'inner_lrr'; did you mean 'inner_lr'?"),
+    ("learner:\n  lr: 0.1\n", "option 'lr' belongs in section train, not learner"),
+    ("trian:\n  lr: 0.1\n", "unknown section 'trian'; did you mean 'train'?"),
+    ("train: 3\ndata:\n  ways: 5\n", "section 'train' must hold a mapping of option: value"),
+    ("ways: 5\ntrain:\n  lr: 0.1\n", "unknown section 'ways'; a config file has sections data, model, learner, "
+                                     "train, eval (or is one flat mapping)"),
+])
+def test_a_sectioned_file_names_a_misspelt_or_misplaced_key(tmp_path, text, message):
+    path = write_yaml(tmp_path, text)
+    with pytest.raises(ValueError) as error:
+        load_yaml(path)
+    assert str(error.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"dataset": "sinusoid", "algo": "maml", "distort": True}, "distort does not apply to maml on sinusoid with net "
+                                                                "mlp; drop it"),
+    ({"algo": "protonet", "multi_step_loss": True}, "multi_step_loss does not apply to protonet on omniglot with net "
+                                                    "conv4-pool; drop it"),
+    ({"dropout": 0.3}, "dropout does not apply to protonet on omniglot with net conv4-pool; drop it"),
+    ({"algo": "protonet", "inner_steps": 3}, "inner_steps does not apply to protonet on omniglot with net "
+                                             "conv4-pool; drop it"),
+    ({"net": "mlp"}, "net 'mlp' does not fit dataset 'omniglot': use conv4-pool or conv4-strided or resnet12"),
+    ({"algo": "relation", "net": "resnet12"}, "relation builds its own encoder (relation-conv), not resnet12: drop net"),
+    ({"algo": "mamll"}, "unknown algorithm 'mamll'; did you mean 'maml'?"),
+    ({"dataset": "omniglott"}, "unknown dataset 'omniglott'; did you mean 'omniglot'?"),
+    ({"net": "conv4"}, "unknown net 'conv4'; did you mean 'conv4-pool'?"),
+])
+def test_options_that_do_not_fit_the_run_are_refused_naming_the_fix(flags, message):
+    with pytest.raises(ValueError) as error:
+        resolve({}, flags)
+    assert str(error.value) == message
+
+
+def test_config_objects_read_write_and_replace_by_name():
+    config = resolve({}, {"algo": "maml"})
+    config.ways = 20
+    assert config.ways == 20 and config.sections["data"].ways == 20 and config.flat()["ways"] == 20
+    assert config.applies("inner_lr") and not config.applies("distance") and not config.applies("support_size")
+    with pytest.raises(AttributeError, match="support_size does not apply to maml on omniglot"):
+        config.support_size = 16
+    with pytest.raises(AttributeError, match=r"replace\(algo=...\)"):
+        config.algo = "protonet"
+    proto = config.replace(algo="protonet")            # the old learner's options are dropped, the rest kept
+    assert proto.algo == "protonet" and proto.ways == 20 and not proto.applies("inner_lr")
+    assert config.algo == "maml" and RunConfig(**config.flat()) == config
+    with pytest.raises(ValueError, match="inner_lr does not apply to protonet"):
+        config.replace(algo="protonet", inner_lr=0.1)
+
+
+# An older run's config.yaml: every option of the old flat RunConfig, whether or not it applied to the run.
+OLD_FLAT_DEFAULTS = dict(
+    algo="protonet", dataset="omniglot", split="background", ways=5, shots=1, queries=15, train_ways=None,
+    train_queries=None, within_alphabet=False, meta_batch=32, steps=2000, inner_steps=1, eval_inner_steps=None,
+    inner_lr=0.4, lr=0.001, lr_decay=1.0, lr_decay_every=2000, net="conv4-pool", norm="batch", channels=64,
+    pooling="mean", image_size=28, rotations=None, distort=False, vectorize=False, multi_step_loss=False, margin=1.0,
+    distance="euclidean", batch_size=64, pretrain_classes=None, val_alphabets=[], test_alphabets=[], holdout_val=3,
+    holdout_test=5, val_every=250, val_episodes=200, test_episodes=600, log_every=10, checkpoint_every=100,
+    time_limit=None, grad_clip=None, ema=None, on_nonfinite="stop", precision="float32", seed=0, data_root=None,
+    featurizer="ecfp", fp_radius=2, fp_size=2048, fp_counts=True, support_size=16, support_pos=None,
+    support_neg=None, ragged_queries=False, draws=10, hidden=1024, embedding_dim=512, dropout=0.0, graph_layers=3,
+    trees=100, input_dim=None, test_tasks=[],
+)
+
+
+def old_flat_file(config: RunConfig, **quirks) -> str:
+    """The config.yaml the old code wrote for the run ``config`` describes: flat, all of the old options."""
+    values = {**OLD_FLAT_DEFAULTS, **{k: v for k, v in config.flat().items() if k in OLD_FLAT_DEFAULTS}, **quirks}
+    return yaml.safe_dump(values, sort_keys=False)
+
+
+@pytest.mark.parametrize("kind", ["protonet", "sinusoid", "relation"])
+def test_an_old_flat_run_directory_loads_and_resumes(kind, tmp_path):
+    """A run directory of the old code (flat config.yaml holding options that do not apply, e.g. inner_steps for
+    ProtoNet, split: sinusoid, net: conv4-pool for relation) loads, and resumes to the uninterrupted run."""
+    from conftest import tiny_protonet, tiny_sinusoid
+    from fewshot.runs import load_learner, load_run_config, run_config, trainer_for
+
+    make, quirks = {"protonet": (lambda **kw: tiny_protonet(**kw), {"inner_steps": 1, "inner_lr": 0.4}),
+                    "sinusoid": (lambda **kw: tiny_sinusoid(**kw), {"split": "sinusoid", "net": "mlp",
+                                                                    "norm": "none"}),
+                    "relation": (lambda **kw: tiny_protonet(algo="relation", **kw), {"net": "conv4-pool"})}[kind]
+    straight = trainer_for(make(steps=4), tmp_path / "straight", progress=False).run()
+    old = tmp_path / "old"
+    config = make(steps=2)
+    trainer_for(config, old, progress=False).run()
+    text = old_flat_file(config, **quirks)
+    (old / "config.yaml").write_text(text)
+    assert not any(isinstance(v, dict) for v in yaml.safe_load(text).values())        # flat
+    loaded = load_run_config(old)
+    assert loaded == config.replace(val_inner_steps=None)      # the old code did not record val_inner_steps
+    assert not loaded.applies(next(iter(quirks))) or kind == "relation"
+    learner, _ = load_learner(old, "last")
+    resumed = trainer_for(run_config(old, {}, {"steps": 4}), old, progress=False).run()
+    assert resumed.step == 4
+    for (name, a), (_, b) in zip(resumed.learner.state_dict().items(), straight.learner.state_dict().items()):
+        assert torch.equal(a, b), name
+    saved = yaml.safe_load((old / "config.yaml").read_text())   # resuming rewrites it in sections
+    assert list(saved) == ["data", "model", "learner", "train", "eval"] and saved["train"]["steps"] == 4
+
+
+def test_a_runs_config_yaml_holds_only_the_options_that_apply(tmp_path):
+    from conftest import tiny_protonet, tiny_sinusoid
+    from fewshot.runs import trainer_for
+
+    trainer_for(tiny_protonet(steps=1), tmp_path / "proto", progress=False).run()
+    trainer_for(tiny_sinusoid(steps=1), tmp_path / "sin", progress=False).run()
+    proto = yaml.safe_load((tmp_path / "proto" / "config.yaml").read_text())
+    sin = yaml.safe_load((tmp_path / "sin" / "config.yaml").read_text())
+    for saved in (proto, sin):
+        assert list(saved) == ["data", "model", "learner", "train", "eval"]
+        config = RunConfig(**{k: v for section in saved.values() for k, v in section.items()})
+        assert all(config.applies(k) for section in saved.values() for k in section)
+        assert config.to_sections() == saved
+    keys = {k for section in proto.values() for k in section}
+    assert {"val_alphabets", "channels", "distance", "lr"} <= keys
+    assert not keys & {"support_size", "featurizer", "hidden", "inner_lr", "inner_steps", "eval_inner_steps",
+                       "margin", "batch_size", "trees"}
+    assert proto["learner"] == {"algo": "protonet", "distance": "euclidean"}
+    keys = {k for section in sin.values() for k in section}
+    assert {"inner_lr", "inner_steps", "shots"} <= keys
+    assert not keys & {"split", "norm", "channels", "val_alphabets", "image_size", "distort", "support_size"}
+    assert sin["model"] == {"net": "mlp"} and sin["train"]["val_inner_steps"] == 1   # the eval_inner_steps of the run

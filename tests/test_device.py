@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import replace
 
 import pytest
 import torch
@@ -21,7 +20,6 @@ from fewshot.learners.ensemble import Ensemble
 from fewshot.tasks.augment import random_affine
 from fewshot.tasks.episode import Episode, stack_episodes
 from fewshot.tasks.seeding import generator
-from fewshot.train import Trainer
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -54,7 +52,8 @@ def test_resolve_device_names_the_device_or_the_fix(monkeypatch):
 
 def test_learner_device_is_its_parameters_device():
     """PyTorch's ``meta`` device (shapes without data) stands in for a GPU on a machine without one."""
-    from fewshot.learners import RandomForest, build_learner
+    from fewshot.learners import RandomForest
+    from fewshot.runs import build_learner
 
     learner = build_learner(tiny_protonet())
     assert learner.device == torch.device("cpu")
@@ -102,14 +101,14 @@ def test_mps_is_refused_where_apple_metal_is_missing(monkeypatch):
 def test_a_meta_gradient_on_the_gpu_is_the_cpus(net, tmp_path, monkeypatch):
     """The same weights and training episode give the same loss and meta-gradient on both devices."""
     monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
-    from fewshot.tasks.sources import fill_in, train_tasks   # the run-config layer (being rewritten)
-    from fewshot.learners import build_learner
+    from fewshot.runs import build_learner, start
 
-    config = fill_in(tiny_protonet(net=net, channels=8, queries=5, train_queries=5))
+    config = tiny_protonet(net=net, channels=8, queries=5, train_queries=5)
+    train_tasks, _ = start(config)
     torch.manual_seed(0)
     on_cpu = build_learner(config)
     on_gpu = copy.deepcopy(on_cpu).to("cuda")
-    batch = stack_episodes([train_tasks(config)[0]])
+    batch = stack_episodes([train_tasks[0]])
     cpu_metrics, gpu_metrics = on_cpu.meta_backward(batch), on_gpu.meta_backward(batch.to("cuda"))
     assert gpu_metrics["loss"] == pytest.approx(cpu_metrics["loss"], rel=1e-5)
     for (name, a), b in zip(on_cpu.named_parameters(), on_gpu.parameters()):
@@ -123,41 +122,38 @@ def test_a_run_trained_on_the_gpu_loads_scores_and_resumes_on_the_cpu(tmp_path, 
     steps drift apart, as float rounding does under Adam), and the GPU run's checkpoint loads on the CPU, scores
     the validation episodes as the GPU does, and resumes there."""
     monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
-    from fewshot.tasks.sources import val_tasks   # the run-config layer (being rewritten)
+    from fewshot.runs import load_learner, trainer_for
 
     config = tiny_protonet(steps=5, val_every=5, ema=0.9, queries=5, train_queries=5)
     first = {}
     for device in ("cpu", "cuda"):
-        result = Trainer(config, tmp_path / device, progress=False, device=device).run()
+        result = trainer_for(config, tmp_path / device, progress=False, device=device).run()
         assert result.learner.device.type == device and result.step == 5
         first[device] = json.loads((tmp_path / device / "metrics.jsonl").read_text().splitlines()[0])
     assert first["cuda"]["step"] == first["cpu"]["step"] == 1
     assert first["cuda"]["loss"] == pytest.approx(first["cpu"]["loss"], rel=1e-5)
-    from fewshot.train import load_learner   # the run-directory layer (being rewritten): imported where used
-
     on_cpu, cfg = load_learner(tmp_path / "cuda")
     on_gpu, _ = load_learner(tmp_path / "cuda")
     assert on_cpu.device.type == "cpu"
     on_gpu.to("cuda").eval()
     on_cpu.eval()
     for i in range(3):
-        episode = val_tasks(cfg)[i]
+        episode = cfg.domain.val_tasks(cfg)[i]
         expected = on_cpu.query_outputs(episode)
         assert torch.allclose(on_gpu.query_outputs(episode.to("cuda")).cpu(), expected, atol=1e-4, rtol=1e-4)
-    resumed = Trainer(replace(cfg, steps=7), tmp_path / "cuda", progress=False).run()
+    resumed = trainer_for(cfg.replace(steps=7), tmp_path / "cuda", progress=False).run()
     assert resumed.step == 7 and resumed.learner.device.type == "cpu"
 
 
 @gpu
 def test_support_copies_and_ensembles_score_alike_on_both_devices(tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
-    from fewshot.tasks.sources import fill_in, val_tasks   # the run-config layer (being rewritten)
-    from fewshot.learners import build_learner
+    from fewshot.runs import build_learner, start
 
     torch.manual_seed(0)
     members = [build_learner(tiny_protonet()) for _ in range(2)]
     learner = SupportAugmented(Ensemble(members, sizes=[28, 24]), copies=3).eval()
-    episode = val_tasks(fill_in(tiny_protonet()))[0]
+    episode = start(tiny_protonet())[1][0]
     expected = learner.query_outputs(episode)
     got = learner.to("cuda").query_outputs(episode.to("cuda")).cpu()
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)

@@ -19,9 +19,15 @@ def run(*argv: str, cwd: Path) -> str:
     return done.stdout
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One folder for the examples' runs, so the image folder they unpack beside them is unpacked once."""
+    return tmp_path_factory.mktemp("runs")
+
+
 @pytest.mark.parametrize("script", ["own_data_maml.py", "own_data_protonet.py"])
-def test_own_data_example_trains_resumes_evaluates_and_loads(script, tmp_path):
-    out = tmp_path / "run"
+def test_own_data_example_trains_resumes_evaluates_and_loads(script, runs, tmp_path):
+    out = runs / script.removesuffix(".py")
     first = run(str(EXAMPLES / script), "--steps", "2", "--episodes", "3", "--out", str(out), cwd=tmp_path)
     assert "trained 2 steps" in first and "test accuracy" in first
     again = run(str(EXAMPLES / script), "--steps", "3", "--episodes", "3", "--out", str(out), cwd=tmp_path)

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+import fewshot
 import reference
 from fewshot.datasets.labelled import LabelledData
 from fewshot.evaluate import EvalResult, evaluate
@@ -583,3 +584,22 @@ def test_an_interrupt_between_steps_keeps_the_last_completed_step_and_resumes_bi
     resumed = run(tmp_path / "cut", steps=6, checkpoint_every=100)
     whole = run(tmp_path / "whole", steps=6, checkpoint_every=100)
     assert_bit_identical(state(resumed.learner), state(whole.learner))
+
+
+def test_maml_with_zero_inner_steps_warns_that_it_does_not_adapt():
+    with pytest.warns(UserWarning, match="inner_steps=0 does not adapt"):
+        fewshot.MAML(nn.Linear(2, 3), inner_steps=0)
+
+
+def test_load_takes_a_string_path_and_run_files_are_readable_by_others(tmp_path):
+    x, y = torch.randn(60, 4), torch.arange(60) % 6
+    tasks = fewshot.ClassificationTasks((x, y), ways=3, shots=1, queries=2, seed=0)
+    learner = fewshot.ProtoNet(nn.Sequential(nn.Linear(4, 8)))
+    fewshot.fit(learner, tasks, val_tasks=tasks, steps=2, meta_batch=1, out=str(tmp_path / "run"), val_episodes=2,
+                progress=False)
+    loaded = fewshot.load(str(tmp_path / "run"), learner=fewshot.ProtoNet(nn.Sequential(nn.Linear(4, 8))))
+    torch.testing.assert_close(loaded.encoder[0].weight, learner.encoder[0].weight)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert modes and all(mode & 0o044 == 0o044 for mode in modes.values()), modes
+    with pytest.raises(ValueError, match="pass learner="):
+        fewshot.load(tmp_path / "run")

@@ -46,7 +46,7 @@ def test_a_head_sits_on_the_flattened_feature():
 
 
 def test_run_config_sets_the_width_and_pooling_of_every_conv_learner():
-    from fewshot.learners import build_learner   # the run-config layer (being rewritten)
+    from fewshot.runs import build_learner
 
     for algo in ("protonet", "matching", "siamese", "maml"):
         config = tiny_protonet(algo=algo, ways=5, train_ways=None, channels=8, pooling="flatten", image_size=56)

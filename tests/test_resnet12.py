@@ -7,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from conftest import tiny_protonet
+from fewshot.config import resolve
 from fewshot.learners import GradientLearner, ProtoNet
 from fewshot.nets import ResNet12
 from fewshot.tasks.episode import stack_episodes
@@ -92,7 +93,7 @@ def test_gradients_are_exact_for_input_and_weights(norm, batch):
 
 
 def test_run_config_builds_a_resnet12_encoder_of_the_configured_width():
-    from fewshot.learners import build_learner   # the run-config layer (being rewritten)
+    from fewshot.runs import build_learner
 
     config = tiny_protonet(net="resnet12", channels=8)
     learner = build_learner(config)
@@ -104,7 +105,7 @@ def test_run_config_builds_a_resnet12_encoder_of_the_configured_width():
 
 
 def test_protonet_with_resnet12_learns_omniglot_episodes(omniglot_background):
-    from fewshot.learners import build_learner   # the run-config layer (being rewritten)
+    from fewshot.runs import build_learner
 
     torch.manual_seed(0)
     learner = build_learner(tiny_protonet(net="resnet12", channels=8))
@@ -126,7 +127,7 @@ def test_protonet_with_resnet12_learns_omniglot_episodes(omniglot_background):
 
 
 def test_maml_with_resnet12_takes_a_meta_step_through_functional_call(omniglot_background):
-    from fewshot.learners import build_learner   # the run-config layer (being rewritten)
+    from fewshot.runs import build_learner
 
     torch.manual_seed(0)
     learner = build_learner(tiny_protonet(algo="maml", net="resnet12", channels=2, train_ways=None, inner_steps=1))
@@ -143,10 +144,9 @@ def test_maml_with_resnet12_takes_a_meta_step_through_functional_call(omniglot_b
 def test_config_accepts_resnet12_on_omniglot_and_refuses_flatten_and_relation():
     config = tiny_protonet(net="resnet12", channels=32)
     assert (config.net, config.channels) == ("resnet12", 32)
-    with pytest.raises(ValueError, match="pooling flatten applies to the conv4 nets; resnet12 averages its last "
-                                         "feature map over space: drop pooling"):
+    with pytest.raises(ValueError, match="pooling does not apply to protonet on omniglot with net resnet12; drop it"):
         tiny_protonet(net="resnet12", pooling="flatten")
-    with pytest.raises(ValueError, match="relation builds the paper's own encoder .*not resnet12: drop net"):
+    with pytest.raises(ValueError, match="relation builds its own encoder \\(relation-conv\\), not resnet12: drop net"):
         tiny_protonet(algo="relation", net="resnet12")
-    with pytest.raises(ValueError, match="conv4 net or resnet12 for omniglot"):
-        tiny_protonet(algo="maml", dataset="sinusoid", net="resnet12", ways=1, train_ways=None)
+    with pytest.raises(ValueError, match="net 'resnet12' does not fit dataset 'sinusoid': use mlp"):
+        resolve({}, {"algo": "maml", "dataset": "sinusoid", "net": "resnet12"})

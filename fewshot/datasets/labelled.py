@@ -37,8 +37,22 @@ def _class_labels(y: torch.Tensor, what: str) -> tuple[torch.Tensor, tuple[str, 
     return remapped, tuple(str(int(v)) for v in values)
 
 
+class _Labels:
+    """What both kinds of examples answer from their labels ``y [M]`` and ``class_names``."""
+
+    y: torch.Tensor
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
 @dataclass(frozen=True)
-class LabelledData:
+class LabelledData(_Labels):
     """Examples with integer class labels, held in memory.
 
     Attributes:
@@ -83,13 +97,6 @@ class LabelledData:
         labels, names = _class_labels(_as_tensor(y, "y"), "y")
         return cls(_as_tensor(x, "x"), labels, names)
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
     def take(self, indices: torch.Tensor) -> torch.Tensor:
         """The inputs of examples ``indices [n]``: ``[n, ...]``."""
         return self.x[indices]
@@ -125,7 +132,7 @@ class LabelledData:
 
 
 @dataclass(frozen=True)
-class DatasetExamples:
+class DatasetExamples(_Labels):
     """A map-style dataset whose items are ``(x, y)`` pairs, read lazily: only the examples an episode draws
     are loaded. Labels come from ``dataset.targets`` when it has them, else from one pass over the items;
     they may be any integers (remapped to ``0..C-1`` in sorted order; class names are the original values,
@@ -178,13 +185,6 @@ class DatasetExamples:
             raise ValueError(f"item {index} of {type(self.dataset).__name__} has label {label!r}; episodes need "
                              "integer class labels")
         return label
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
 
     def take(self, indices: torch.Tensor) -> torch.Tensor:
         """The inputs of examples ``indices [n]``, loaded now and stacked: ``[n, ...]``."""

@@ -5,6 +5,6 @@ runs are scored (:class:`~fewshot.domains.base.Domain`). A new domain is one mod
 """
 
 from fewshot.domains import images, molecules, omniglot, sinusoid  # noqa: F401  (registers)
-from fewshot.domains.base import Domain, EpisodeDomain
+from fewshot.domains.base import Domain, EpisodeDomain, ImageDomain
 
-__all__ = ["Domain", "EpisodeDomain"]
+__all__ = ["Domain", "EpisodeDomain", "ImageDomain"]

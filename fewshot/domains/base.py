@@ -150,6 +150,28 @@ class EpisodeDomain(Domain):
                   f"{summary['ways']}-way {summary['shots']}-shot, {name}, {steps_text(steps)})")
 
 
+class ImageDomain(EpisodeDomain):
+    """An episode domain of square images, ``[channels, image_size, image_size]``: test-time support
+    augmentation (``fewshot eval --augment-support``) and ensembles of runs at several sizes apply."""
+
+    images = True
+
+    def channels(self, config) -> int:
+        return 1
+
+    def input_shape(self, config) -> tuple[int, ...]:
+        return (self.channels(config), config.image_size, config.image_size)
+
+    def image_side(self, config) -> int:
+        return config.image_size
+
+    def describe(self, args, summary) -> str:
+        if args.augment_support:
+            summary["augment_support"] = args.augment_support
+            return f", support + {args.augment_support} distorted copies"
+        return ""
+
+
 def episode_seeds(config) -> tuple[int, int]:
     """The seeds of a run's training and validation episode streams."""
     return derive_seed(config.seed, TRAIN_SEED_KEY), derive_seed(config.seed, VAL_SEED_KEY)

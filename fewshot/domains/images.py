@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from fewshot.datasets.image_folder import check_disjoint, load_image_folder
 from fewshot.datasets.labelled import LabelledData
-from fewshot.domains.base import EpisodeDomain, episode_seeds
+from fewshot.domains.base import ImageDomain, episode_seeds
 from fewshot.registry import register_domain
 from fewshot.tasks.sampler import ClassificationTasks
 
@@ -77,12 +77,11 @@ def _split(root: str, split: str, image_size: int, channels: int | None) -> Labe
     return load_image_folder(root, split, image_size, channels)
 
 
-class ImageFolders(EpisodeDomain):
+class ImageFolders(ImageDomain):
     name = "images"
     options = ImageFolderOptions
     nets = ("conv4-pool", "conv4-strided", "resnet12", "relation-conv")
     recipes = RECIPES
-    images = True
     ensemble_shared = ("data_root",)
 
     def _root(self, config, override: str | None = None) -> str:
@@ -95,11 +94,8 @@ class ImageFolders(EpisodeDomain):
     def part(self, config, split: str, data_root: str | None = None) -> LabelledData:
         return _split(self._root(config, data_root), split, config.image_size, config.image_channels)
 
-    def input_shape(self, config) -> tuple[int, ...]:
-        return (config.image_channels or 3, config.image_size, config.image_size)
-
-    def image_side(self, config) -> int:
-        return config.image_size
+    def channels(self, config) -> int:
+        return config.image_channels or 3
 
     def fill_in(self, config) -> None:
         """Check that the splits share no class and fix the channels from the training images."""
@@ -126,12 +122,6 @@ class ImageFolders(EpisodeDomain):
         return f"images:{split}", ClassificationTasks(data, ways or config.ways, shots or config.shots,
                                                       queries or config.queries, seed=seed,
                                                       name=f"the {split} split")
-
-    def describe(self, args, summary) -> str:
-        if args.augment_support:
-            summary["augment_support"] = args.augment_support
-            return f", support + {args.augment_support} distorted copies"
-        return ""
 
 
 register_domain(ImageFolders())

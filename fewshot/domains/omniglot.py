@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from fewshot.datasets.labelled import LabelledData
 from fewshot.datasets.omniglot import list_alphabets, load_omniglot
-from fewshot.domains.base import EpisodeDomain, episode_seeds, fixed_head, steps_text
+from fewshot.domains.base import ImageDomain, episode_seeds, fixed_head, steps_text
 from fewshot.registry import register_domain
 from fewshot.tasks.sampler import ClassificationTasks
 
@@ -109,20 +109,13 @@ def character(class_name: str) -> str:
     return "/".join(class_name.split("/")[:2])
 
 
-class Omniglot(EpisodeDomain):
+class Omniglot(ImageDomain):
     name = "omniglot"
     options = OmniglotOptions
     nets = ("conv4-pool", "conv4-strided", "resnet12", "relation-conv")
     recipes = RECIPES
-    images = True
     ensemble_shared = ("split", "test_alphabets", "holdout_test")
     flags = ("within_alphabet", "distort", "benchmark")
-
-    def input_shape(self, config) -> tuple[int, ...]:
-        return (1, config.image_size, config.image_size)
-
-    def image_side(self, config) -> int:
-        return config.image_size
 
     def add_flags(self, parser: argparse.ArgumentParser, command: str) -> None:
         group = parser.add_argument_group("omniglot")
@@ -184,10 +177,7 @@ class Omniglot(EpisodeDomain):
         if args.within_alphabet:
             summary["within_alphabet"] = True
             words += ", within one alphabet"
-        if args.augment_support:
-            summary["augment_support"] = args.augment_support
-            words += f", support + {args.augment_support} distorted copies"
-        return words
+        return words + super().describe(args, summary)
 
     def evaluate_runs(self, args, learner, configs, run_dirs, steps) -> None:
         if args.benchmark is not None:

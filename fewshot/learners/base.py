@@ -70,6 +70,10 @@ def batch_statistics(module: nn.Module) -> Iterator[None]:
             m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
 
 
+class ShapeError(ValueError):
+    """A model's output that does not have the shape its learner needs (the message says which and why)."""
+
+
 class Learner(nn.Module):
     """Base class: subclasses implement :meth:`adapt` and :meth:`predict`.
 
@@ -192,6 +196,8 @@ class Learner(nn.Module):
         try:
             with self.normalisation():
                 outputs = self.query_outputs(episode)
+        except ShapeError:
+            raise
         except (RuntimeError, ValueError, IndexError) as e:
             detail = " ".join(str(e).split())[:300]
             raise ValueError(f"the model cannot run on the {what} episodes: support_x {tuple(episode.support_x.shape)}, "
@@ -202,11 +208,11 @@ class Learner(nn.Module):
             ways = int(episode.support_y.max()) + 1
             if tuple(outputs.shape) != (queries, ways):
                 width = outputs.shape[-1] if outputs.dim() == 2 else tuple(outputs.shape)
-                raise ValueError(f"the model's output has width {width} but the {what} episodes are {ways}-way: give the model "
+                raise ShapeError(f"the model's output has width {width} but the {what} episodes are {ways}-way: give the model "
                                  f"{ways} outputs (e.g. a final nn.Linear(..., {ways})) or draw {width}-way "
                                  "episodes")
         elif outputs.shape != episode.query_y.shape:
-            raise ValueError(f"the model's outputs have shape {tuple(outputs.shape)} but the {what} episodes' query targets "
+            raise ShapeError(f"the model's outputs have shape {tuple(outputs.shape)} but the {what} episodes' query targets "
                              f"have {tuple(episode.query_y.shape)}")
 
 
@@ -236,7 +242,7 @@ class JointEmbeddingLearner(Learner):
         """The encoder's embedding of ``x``, checked to be one vector per example ``[B, D]``."""
         z = self.encoder(x)
         if z.dim() != 2 or z.shape[0] != x.shape[0]:
-            raise ValueError(f"the encoder must map inputs [B, ...] to embeddings [B, D]; it gave {tuple(z.shape)} "
+            raise ShapeError(f"the encoder must map inputs [B, ...] to embeddings [B, D]; it gave {tuple(z.shape)} "
                              f"for {tuple(x.shape)} (flatten its output, e.g. end it with nn.Flatten())")
         return z
 

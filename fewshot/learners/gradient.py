@@ -25,6 +25,7 @@ support set while adapting and of its query set when predicting (the MAML paper'
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -101,6 +102,9 @@ class GradientLearner(Learner):
             raise ValueError(f"inner_steps must be an integer >= 0, got {inner_steps!r}")
         if task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+        if inner_steps == 0:
+            warnings.warn(f"{type(self).__name__} with inner_steps=0 does not adapt to a task: it meta-trains one "
+                          "classifier for every task's labels (set inner_steps >= 1 to learn to adapt)", stacklevel=2)
         self.model, self.inner_lr, self.inner_steps, self.task = model, inner_lr, inner_steps, task
         self.multi_step_loss = multi_step_loss
         self.execution = Execution()
