@@ -94,3 +94,45 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(tmp_path):
     assert json.loads((killed / "test.json").read_text()) == json.loads((straight / "test.json").read_text())
     leftovers = sorted(p.name for p in killed.rglob("*") if p.name.endswith(".tmp"))
     assert not leftovers and len(list((killed / "checkpoints").glob("*.safetensors"))) == 2
+
+
+def interrupt_at(point: str, command: list[str], sig: int, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run ``command`` until it reaches ``point``, send it ``sig``, and return how it ended."""
+    marker = tmp_path / f"arrived-{point.replace(':', '-')}-{sig}"
+    proc = subprocess.Popen(command, env=environment(FEWSHOT_PAUSE_AT=point, FEWSHOT_PAUSE_FILE=str(marker)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert marker.exists(), proc.communicate()[1]
+    os.kill(proc.pid, sig)
+    out, err = proc.communicate(timeout=TIMEOUT_S)
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def test_sigterm_before_the_first_checkpoint_keeps_the_steps_done_and_resumes_bit_identical(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "checkpoint_every": 100}))   # no checkpoint before the end
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    run_to_completion(config, straight)
+    done = interrupt_at("train-step:4", train_command(config, stopped), signal.SIGTERM, tmp_path)
+    assert done.returncode == 130
+    assert done.stderr.strip().splitlines()[-1] == "fewshot train: interrupted; resume with the same --out"
+    assert last_step(stopped) == 3                                 # steps 1-3 done; step 4 was mid-way
+    run_to_completion(config, stopped)
+    for name in ("last", "best"):
+        tensors_a, meta_a = read_checkpoint(straight / "checkpoints", name)
+        tensors_b, meta_b = read_checkpoint(stopped / "checkpoints", name)
+        assert meta_a["state"] == meta_b["state"]
+        for key in tensors_a:
+            assert torch.equal(tensors_a[key], tensors_b[key]), (name, key)
+
+
+def test_an_interrupted_eval_says_so_and_nothing_about_resuming(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    run_to_completion(config, tmp_path / "run")
+    command = [sys.executable, "-m", "fewshot", "eval", str(tmp_path / "run"), "--threads", "1"]
+    done = interrupt_at("evaluate-episode:3", command, signal.SIGINT, tmp_path)
+    assert done.returncode == 130
+    assert done.stderr.strip().splitlines()[-1] == "fewshot eval: interrupted"

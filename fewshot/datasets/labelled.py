@@ -17,14 +17,17 @@ from torch.utils.data import Dataset
 
 
 def _as_tensor(value: Any, what: str) -> torch.Tensor:
+    """``value`` as a tensor; NumPy's float64 (its default) becomes float32, torch's default."""
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+        return tensor.float() if tensor.dtype == torch.float64 else tensor
     try:
         return torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"{what} must be a tensor, a NumPy array or a number, got {type(value).__name__}") from None
+        raise ValueError(f"{what} must be a tensor, a NumPy array or a number, got {type(value).__name__}; give "
+                         "the dataset a transform that returns tensors (an image as [C, H, W] floats)") from None
 
 
 def _class_labels(y: torch.Tensor, what: str) -> tuple[torch.Tensor, tuple[str, ...]]:

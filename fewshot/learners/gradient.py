@@ -1,6 +1,6 @@
 """Gradient-based meta-learners: MAML, first-order MAML, ANIL, Meta-SGD and Reptile.
 
-All five share one functional inner loop (:meth:`GradientLearner.inner_loop`): the model's parameters are
+All five share one functional inner loop (:func:`sgd_inner_loop`, a plain function): the model's parameters are
 a dict, the model runs through ``torch.func.functional_call`` (:func:`functional_forward`), the support
 loss is differentiated, and the fast weights are ``theta - alpha * grad``. Any unmodified ``nn.Module``
 works, including one that registers a submodule under two names or ties parameters. Second order (MAML,
@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -64,6 +65,53 @@ def functional_forward(model: nn.Module, slots: list[tuple[str, str]], params: P
     :func:`parameter_slots`); buffers are the module's own."""
     return functional_call(model, {name: params[canon] for name, canon in slots}, (x,), tie_weights=False,
                            strict=False)
+
+
+def sgd_inner_loop(loss: Callable[[Params], torch.Tensor], params: Params, adapt: Sequence[str],
+                   lrs: Sequence[float | torch.Tensor], steps: int, *, second_order: bool, functional: bool = False,
+                   checkpointed: bool = False) -> list[Params]:
+    """``steps`` SGD steps ``theta_a <- theta_a - lr_a * dL/dtheta_a`` of the parameters named in ``adapt``:
+    the parameter dicts before and after each step (``steps + 1`` of them; the others are carried along).
+
+    Args:
+        loss: the support loss of a full parameter dict.
+        second_order: keep each step's gradient in the graph (MAML), else treat it as a constant (FOMAML).
+        functional: take gradients with ``torch.func.grad`` (inside ``vmap``), else ``torch.autograd.grad``.
+        checkpointed: recompute each second-order step in the meta-backward instead of storing it.
+    """
+    def step(params: Params) -> Params:
+        fast = {n: params[n] for n in adapt}
+        fixed = {n: p for n, p in params.items() if n not in fast}
+        if not second_order:
+            fast, fixed = _detached(fast), _detached(fixed)
+        if functional:
+            grads = grad(lambda f: loss({**fixed, **f}))(fast)
+            grads = grads if second_order else _detached(grads)
+        else:
+            with torch.enable_grad():
+                if not second_order:
+                    fast = {n: p.requires_grad_() for n, p in fast.items()}
+                grads = dict(zip(fast, torch.autograd.grad(loss({**fixed, **fast}), list(fast.values()),
+                                                           create_graph=second_order, allow_unused=True,
+                                                           materialize_grads=True)))
+        return {**params, **{n: params[n] - lr * grads[n] for n, lr in zip(adapt, lrs)}}
+
+    trajectory = [params]
+    for _ in range(steps):
+        params = _checkpointed(step, params, adapt) if checkpointed and second_order else step(params)
+        trajectory.append(params)
+    return trajectory
+
+
+def _checkpointed(step: Callable[[Params], Params], params: Params, adapt: Sequence[str]) -> Params:
+    """``step(params)`` under ``torch.utils.checkpoint``: its graph is freed and recomputed in the backward."""
+    names = list(params)
+
+    def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        new = step(dict(zip(names, tensors)))
+        return tuple(new[n] for n in adapt)
+
+    return {**params, **dict(zip(adapt, checkpoint(run, *params.values(), use_reentrant=False)))}
 
 
 @dataclass
@@ -135,55 +183,13 @@ class GradientLearner(Learner):
         """The model's outputs on ``x`` with parameters ``params`` (a full dict of canonical names)."""
         return functional_forward(self.model, self._slots, params, x)
 
-    def _support_grads(self, params: Params, x: torch.Tensor, y: torch.Tensor, second_order: bool) -> Params:
-        """Gradient of the support loss w.r.t. the adapted parameters, kept in the graph when ``second_order``."""
-        fast = {n: params[n] for n in self.adapt_names}
-        fixed = {n: p for n, p in params.items() if n not in fast}
-
-        def loss(fast: Params, fixed: Params) -> torch.Tensor:
-            return task_loss(self.forward_with({**fixed, **fast}, x), y, self.task)
-
-        if self.execution.vectorize:   # inside vmap, where torch.autograd.grad cannot run
-            if second_order:
-                return grad(loss)(fast, fixed)
-            return _detached(grad(loss)(_detached(fast), _detached(fixed)))
-        with torch.enable_grad():
-            if not second_order:
-                fast, fixed = {n: p.detach().requires_grad_() for n, p in fast.items()}, _detached(fixed)
-            grads = torch.autograd.grad(loss(fast, fixed), list(fast.values()), create_graph=second_order,
-                                        allow_unused=True, materialize_grads=True)
-        return dict(zip(fast, grads))
-
-    def _inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, second_order: bool) -> Params:
-        """One SGD step of the adapted parameters on the support set ``x, y``."""
-        grads = self._support_grads(params, x, y, second_order)
-        lrs = list(self.inner_lrs) if self.inner_lrs is not None else [self.inner_lr] * len(self.adapt_names)
-        return {**params, **{n: params[n] - lr * grads[n] for n, lr in zip(self.adapt_names, lrs)}}
-
     def inner_loop(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[Params]:
         """The parameter dicts before and after each of ``steps`` gradient steps on the support set ``x, y``
         (``steps + 1`` of them); second order when gradients are enabled and the learner is not first-order."""
-        second_order = torch.is_grad_enabled() and not self.first_order
-        trajectory = [params]
-        for _ in range(steps):
-            if self.execution.checkpoint_inner and second_order:
-                params = self._checkpointed_step(params, x, y)
-            else:
-                params = self._inner_step(params, x, y, second_order)
-            trajectory.append(params)
-        return trajectory
-
-    def _checkpointed_step(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
-        """:meth:`_inner_step` (second order) under ``torch.utils.checkpoint``: its support graph is
-        freed after the step and recomputed in the meta-backward."""
-        names = list(params)
-
-        def step(*tensors):
-            new = self._inner_step(dict(zip(names, tensors)), x, y, True)
-            return tuple(new[n] for n in self.adapt_names)
-
-        out = checkpoint(step, *params.values(), use_reentrant=False)
-        return {**params, **dict(zip(self.adapt_names, out))}
+        lrs = list(self.inner_lrs) if self.inner_lrs is not None else [self.inner_lr] * len(self.adapt_names)
+        return sgd_inner_loop(lambda p: task_loss(self.forward_with(p, x), y, self.task), params, self.adapt_names,
+                              lrs, steps, second_order=torch.is_grad_enabled() and not self.first_order,
+                              functional=self.execution.vectorize, checkpointed=self.execution.checkpoint_inner)
 
     def _query_outputs(self, params: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
         """Query outputs after each inner step, ``[steps, N*Q, d]`` with the multi-step loss,
