@@ -13,10 +13,12 @@ episodes (task mapping), learners turn a support set into a predictor (model map
 
 from importlib.metadata import PackageNotFoundError, version
 
+from fewshot.calibration import fit_temperature
 from fewshot.datasets.labelled import DatasetExamples, LabelledData
 from fewshot.evaluate import EvalResult, evaluate
 from fewshot.learners import (ANIL, FOMAML, MAML, FineTune, Learner, MahalanobisProtoNet, MatchingNet, MetaSGD,
                               ProtoNet, RandomForest, RelationNet, Reptile, SiameseNet)
+from fewshot.learners.temperature import TemperatureScaled
 from fewshot.nets import MLP, Conv4, FingerprintMLP, GraphNet, ResNet12
 from fewshot.registry import register_domain, register_learner, register_net
 from fewshot.runs import load
@@ -34,4 +36,5 @@ __all__ = ["__version__", "MAML", "FOMAML", "ANIL", "MetaSGD", "Reptile", "Proto
            "MatchingNet", "RelationNet", "SiameseNet", "FineTune", "RandomForest", "Learner", "ClassificationTasks",
            "SinusoidTasks", "LabelledData", "DatasetExamples", "Episode", "TaskBatch", "stack_episodes", "fit",
            "TrainSettings", "TrainResult", "evaluate", "EvalResult", "load", "Conv4", "ResNet12", "MLP",
-           "FingerprintMLP", "GraphNet", "register_learner", "register_net", "register_domain"]
+           "FingerprintMLP", "GraphNet", "register_learner", "register_net", "register_domain", "TemperatureScaled",
+           "fit_temperature"]

@@ -1,4 +1,4 @@
-"""The ``fewshot`` command: ``train``, ``eval``, ``download`` and ``bench``.
+"""The ``fewshot`` command: ``train``, ``eval``, ``calibrate``, ``download`` and ``bench``.
 
 The command parses flags, asks the registries for the learner and the run's domain (:mod:`fewshot.runs`),
 trains with the one trainer (:mod:`fewshot.train`) and leaves scoring and reporting to the domain; each domain
@@ -21,6 +21,17 @@ from fewshot.argtypes import choices, nonnegative_int, positive_float, positive_
 
 EXIT_BAD_INPUT = 2
 EXIT_SYSTEM_ERROR = 1
+
+def temperature_arg(text: str) -> str | float:
+    """``--temperature``: ``fitted`` (the run's calibration.json) or a finite number > 0."""
+    return "fitted" if text == "fitted" else _temperature_number(text)
+
+
+def _temperature_number(text: str) -> float:
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be 'fitted' or a finite number > 0, got {text}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,7 +113,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ensemble", nargs="+", metavar="RUN_DIR",
                     help="score RUN_DIR together with these runs, averaging their class probabilities (runs "
                          "trained on the same data split; images are resized to each run's image_size)")
+    ev.add_argument("--calibration", action="store_true",
+                    help="classifiers: also score calibration (ECE and MCE over 15 confidence bins, NLL, Brier "
+                         "score, 95%% bootstrap intervals over episodes)")
+    ev.add_argument("--plot", metavar="DIR", help="write the reliability diagram to DIR/reliability.png (implies "
+                                                  "--calibration)")
+    ev.add_argument("--temperature", type=temperature_arg, metavar="T|fitted",
+                    help="divide the logits by T before scoring (temperature scaling; implies --calibration); "
+                         "fitted: the temperature `fewshot calibrate RUN_DIR` stored in RUN_DIR/calibration.json")
     _domain_flags(ev, "eval")
+
+    cal = sub.add_parser("calibrate", help="fit a temperature (temperature scaling) on a run's validation episodes")
+    cal.add_argument("run_dir", help="the --out directory of a `fewshot train` run")
+    cal.add_argument("--episodes", type=positive_int,
+                     help="validation episodes to fit on (default 600, or all of a smaller source such as a "
+                          "molecule run's validation assays)")
+    cal.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
+    cal.add_argument("--inner-steps", type=nonnegative_int, help="test-time inner steps (default: the run's)")
+    cal.add_argument("--data-root", help="directory holding the run's data, if not where it was trained from")
+    cal.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    cal.add_argument("--threads", type=positive_int, help="CPU threads for torch")
+    cal.add_argument("--device", default="cpu", help="where torch computes: cpu (default), cuda, cuda:N or mps")
 
     _bench_parser(sub)
 
@@ -249,12 +280,20 @@ def _check_domain_flags(args: argparse.Namespace, domain) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    if args.temperature is not None and args.ensemble and args.temperature == "fitted":
+        raise ValueError(f"--temperature fitted applies the temperature fitted to run {args.run_dir} alone, not to an "
+                         "ensemble; give the ensemble's temperature as a number (--temperature T)")
+    if args.plot is not None and Path(args.plot).exists() and not Path(args.plot).is_dir():
+        raise ValueError(f"--plot {args.plot} is a file; pass a directory to write reliability.png into")
     learner, configs, steps = _load_runs(args)
     cfg = configs[0]
     if args.dataset not in (None, cfg.dataset):
         raise ValueError(f"run {args.run_dir} was trained on {cfg.dataset}, not {args.dataset}; "
                          "evaluate it on its own dataset")
     _check_domain_flags(args, cfg.domain)
+    if (args.calibration or args.plot or args.temperature is not None) and getattr(args, "benchmark", None):
+        raise ValueError(f"--benchmark {args.benchmark} scores one-shot error only; drop --calibration, --plot "
+                         "and --temperature")
     cfg.domain.evaluate_runs(args, learner, configs, _run_dirs(args), steps)
 
 
@@ -276,7 +315,37 @@ def _load_runs(args: argparse.Namespace) -> tuple[Any, list, int | None]:
             raise ValueError(f"--augment-support distorts images; run {args.run_dir} is a {configs[0].dataset} run, "
                              "so drop the flag")
         learner = SupportAugmented(learner, args.augment_support, args.seed or 0)
+    calibration_flags = [flag for flag, given in (("--calibration", args.calibration), ("--plot", args.plot),
+                                                  ("--temperature", args.temperature is not None)) if given]
+    if calibration_flags and configs[0].domain.task != "classification":
+        raise ValueError(f"{calibration_flags[0]} scores class probabilities; run {args.run_dir} is a "
+                         f"{configs[0].dataset} ({configs[0].domain.task}) run, so drop it")
+    if args.temperature is not None:
+        from fewshot.learners.temperature import TemperatureScaled
+
+        if args.temperature == "fitted":
+            from fewshot.calibration import fitted_temperature
+
+            args.temperature = fitted_temperature(Path(args.run_dir), args.checkpoint)
+        learner = TemperatureScaled(learner, args.temperature)
     return learner.to(args.device), configs, steps
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    """``fewshot calibrate RUN``: fit a temperature on the run's validation episodes (never its test episodes),
+    write ``RUN/calibration.json`` and print it."""
+    import json
+
+    from fewshot.calibration import CALIBRATION_FILE, calibrate_run
+
+    record = calibrate_run(Path(args.run_dir), args.checkpoint, args.episodes, args.inner_steps, args.data_root,
+                           args.device)
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"temperature {record['temperature']:.4f} (fitted on {record['episodes']} validation episodes, "
+              f"{record['predictions']} predictions, checkpoint {args.checkpoint}): NLL {record['nll_before']:.4f} "
+              f"-> {record['nll_after']:.4f}; written to {Path(args.run_dir) / CALIBRATION_FILE}")
 
 
 def _run_dirs(args: argparse.Namespace) -> list[str]:
@@ -311,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from fewshot.devices import resolve_device
 
             args.device = resolve_device(args.device)
-        {"train": _train, "eval": _eval, "download": _download, "bench": _bench}[args.command](args)
+        {"train": _train, "eval": _eval, "calibrate": _calibrate, "download": _download,
+         "bench": _bench}[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"fewshot {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT

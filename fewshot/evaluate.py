@@ -7,6 +7,10 @@ A task source with a ``metric`` attribute (the assays of :class:`~fewshot.tasks.
 is scored with that ranking metric (ROC-AUC or ΔAUPRC, :mod:`fewshot.metrics`) of the class-1
 scores of the learner's query logits; the episodes of each task (``tasks.episode_task(i)``) are
 averaged first, and the result is the mean and standard error over tasks.
+
+With ``calibration=True`` a classifier's result also carries its calibration (:mod:`fewshot.calibration`:
+ECE, MCE, NLL and Brier score of the softmax of its query outputs, pooled over the episodes' query predictions
+with percentile-bootstrap intervals over episodes; for assays, each task's metrics averaged over tasks).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Dataset
 
+from fewshot import calibration as calib
 from fewshot.faults import pause_point
 from fewshot.learners.base import Learner, metric_name, task_metric
 from fewshot.metrics import class1_scores, delta_auprc, roc_auc
@@ -28,7 +33,8 @@ from fewshot.tasks.episode import Episode
 @dataclass(frozen=True)
 class EvalResult:
     """``mean`` and ``ci95 = 1.96 * std / sqrt(n)`` of the per-episode metric ``values`` (or, when ``tasks``
-    names them, of the per-task means of ``scored`` episodes)."""
+    names them, of the per-task means of ``scored`` episodes); ``calibration``: the
+    :class:`~fewshot.calibration.Calibration` of ``evaluate(..., calibration=True)`` (else None)."""
 
     metric: str
     mean: float
@@ -36,6 +42,7 @@ class EvalResult:
     values: tuple[float, ...] = field(repr=False)
     tasks: tuple[str, ...] = field(default=(), repr=False)
     scored: int | None = None
+    calibration: calib.Calibration | None = field(default=None, repr=False)
 
     @property
     def episodes(self) -> int:
@@ -67,7 +74,7 @@ def _ranking_score(metric: str, logits: torch.Tensor, episode: Episode) -> float
 
 
 def evaluate(learner: Learner, tasks: Dataset, episodes: int | None = 600, inner_steps: int | None = None,
-             progress: bool = False, *, warn: bool = True) -> EvalResult:
+             progress: bool = False, *, warn: bool = True, calibration: bool = False) -> EvalResult:
     """Score ``learner`` on episodes ``0..episodes-1`` of ``tasks``: ``predict(adapt(support), query)`` of each.
 
     Args:
@@ -79,9 +86,14 @@ def evaluate(learner: Learner, tasks: Dataset, episodes: int | None = 600, inner
         inner_steps: test-time inner steps of gradient-based learners (None: their default).
         progress: show a progress bar.
         warn: warn when fewer than 2 episodes (or tasks) leave the confidence interval undefined.
+        calibration: also score the calibration of a classifier's probabilities (``.calibration``: ECE, MCE,
+            NLL, Brier score and their 95 % intervals, :mod:`fewshot.calibration`): the softmax of its query
+            outputs, pooled over all query predictions, the intervals a percentile bootstrap over episodes
+            (1000 resamples, seed 0); for assay tasks, the binary metrics of each task averaged over tasks.
 
     Returns:
-        :class:`EvalResult`: ``.mean``, ``.ci95``, ``.episodes``; ``str()`` gives ``0.7351 ± 0.0143 (600 episodes)``.
+        :class:`EvalResult`: ``.mean``, ``.ci95``, ``.episodes`` (and ``.calibration``); ``str()`` gives
+        ``0.7351 ± 0.0143 (600 episodes)``.
     """
     if episodes is None:
         episodes = len(tasks)
@@ -89,6 +101,9 @@ def evaluate(learner: Learner, tasks: Dataset, episodes: int | None = 600, inner
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if episodes > len(tasks):
         raise ValueError(f"asked for {episodes} episodes but the task source holds {len(tasks)}")
+    if calibration and learner.task != "classification":
+        raise ValueError(f"calibration metrics need class probabilities; this learner does {learner.task} "
+                         f"({metric_name(learner.task)})")
     if episodes < 2 and warn:
         warnings.warn(f"evaluating on {episodes} episode gives no confidence interval (ci95 is 0); use 600 "
                       "episodes, the field's convention", stacklevel=2)
@@ -99,6 +114,8 @@ def evaluate(learner: Learner, tasks: Dataset, episodes: int | None = 600, inner
     try:
         values: list[float] = []
         per_task: dict[str, list[float]] = {}
+        stats: list[torch.Tensor] = []                   # calibration statistics of each episode
+        task_stats: dict[str, torch.Tensor] = {}         # ... summed over each assay task's episodes
         for i in bar:
             pause_point("evaluate-episode")
             episode = tasks[i]
@@ -106,13 +123,21 @@ def evaluate(learner: Learner, tasks: Dataset, episodes: int | None = 600, inner
                 outputs = learner.query_outputs(episode.to(device), steps=inner_steps).cpu()
             if ranking is None:
                 values.append(task_metric(outputs, episode.query_y, learner.task))
+                if calibration:
+                    stats.append(calib.episode_statistics(outputs, episode.query_y))
             else:
-                per_task.setdefault(tasks.episode_task(i), []).append(_ranking_score(ranking, outputs, episode))
+                task = tasks.episode_task(i)
+                per_task.setdefault(task, []).append(_ranking_score(ranking, outputs, episode))
+                if calibration:
+                    row = calib.episode_statistics(outputs, episode.query_y, binary=True)
+                    task_stats[task] = task_stats[task] + row if task in task_stats else row
     finally:
         learner.train(was_training)
     if ranking is None:
         mean, ci95 = confidence_interval(values)
-        return EvalResult(metric_name(learner.task), mean, ci95, tuple(values))
+        scores = calib.pooled(torch.stack(stats)) if calibration else None
+        return EvalResult(metric_name(learner.task), mean, ci95, tuple(values), calibration=scores)
     means = [sum(v) / len(v) for v in per_task.values()]
     mean, ci95 = confidence_interval(means)
-    return EvalResult(ranking, mean, ci95, tuple(means), tuple(per_task), scored=episodes)
+    scores = calib.task_mean(torch.stack([task_stats[t] for t in per_task])) if calibration else None
+    return EvalResult(ranking, mean, ci95, tuple(means), tuple(per_task), scored=episodes, calibration=scores)

@@ -167,6 +167,21 @@ CASES = [
     Case("device-unknown", "a device torch does not have", "train --device gpu"),
     Case("device-no-gpu", "a GPU on a machine without one (CUDA hidden from torch)", "eval {d}/proto --device cuda"),
     Case("eval-other-dataset", "eval of an Omniglot run on sinusoid", "eval {d}/proto --dataset sinusoid"),
+    # -- calibration and temperature scaling ---------------------------------------------------------------
+    Case("eval-temperature-unfitted", "the fitted temperature of a run never calibrated",
+         "eval {d}/proto --temperature fitted"),
+    Case("eval-temperature-0", "a temperature of 0", "eval {d}/proto --temperature 0"),
+    Case("eval-temperature-other-checkpoint", "a temperature fitted to another checkpoint",
+         "eval {d}/calibrated --checkpoint last --temperature fitted"),
+    Case("eval-temperature-damaged", "a damaged calibration.json", "eval {d}/bad-calibration --temperature fitted"),
+    Case("eval-temperature-ensemble", "one run's fitted temperature for an ensemble",
+         "eval {d}/proto --ensemble {d}/proto-v1 --temperature fitted"),
+    Case("eval-calibration-sinusoid", "calibration of a regression run", "eval {d}/sinusoid --calibration"),
+    Case("eval-calibration-benchmark", "calibration of the Lake benchmark's one-shot error",
+         "eval {d}/proto --benchmark omniglot-lake-runs --calibration"),
+    Case("eval-plot-into-file", "a reliability diagram into a path that is a file", "eval {d}/proto --plot {d}/a-file"),
+    Case("calibrate-sinusoid", "temperature scaling of a regression run", "calibrate {d}/sinusoid"),
+    Case("calibrate-missing-run", "calibrating a directory that is not a run", "calibrate {d}/nowhere"),
 ]
 
 
@@ -242,8 +257,12 @@ def d(tmp_path_factory) -> Path:
     trainer_for(tiny_sinusoid(steps=1), d / "sinusoid", progress=False).run()
     trainer_for(tiny_protonet(algo="maml", net="conv4-strided", train_ways=None, steps=1, inner_steps=1),
             d / "maml", progress=False).run()
-    for name in ("bad-log", "no-checkpoint", "bad-config", "tampered", "other-architecture"):
+    for name in ("bad-log", "no-checkpoint", "bad-config", "tampered", "other-architecture", "calibrated",
+                 "bad-calibration"):
         shutil.copytree(d / "proto", d / name)
+    (d / "calibrated" / "calibration.json").write_text('{"temperature": 1.5, "split": "val", "episodes": 10, '
+                                                       '"checkpoint": "best", "nll_before": 1.0, "nll_after": 0.9}\n')
+    (d / "bad-calibration" / "calibration.json").write_text('{"temperature": \n')
     log = d / "bad-log" / "metrics.jsonl"
     log.write_text('{"step": 1, "split": "train", "loss": 1.0}\n{"step": 1, "spl\n' + log.read_text())
     shutil.rmtree(d / "no-checkpoint" / "checkpoints")

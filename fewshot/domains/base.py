@@ -7,6 +7,10 @@ evaluator, the learners and the command never ask which domain they serve.
 
 :class:`EpisodeDomain` is the shared base of the domains scored on N-way (or regression) episodes with a mean
 and a 95 % confidence interval: Omniglot, image folders, sinusoid.
+
+``fewshot eval --calibration`` (implied by ``--plot`` and ``--temperature``) adds the calibration of a
+classifier (:mod:`fewshot.calibration`) to a domain's result: :func:`report_calibration` puts its keys in the
+JSON line, writes the reliability diagram and gives the second line of the plain output.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, Sequence
 
 from torch.utils.data import Dataset
 
+from fewshot.calibration import reliability_diagram
 from fewshot.evaluate import EvalResult, evaluate
 from fewshot.files import atomic_write
 from fewshot.registry import LEARNERS
@@ -101,7 +106,9 @@ class EpisodeDomain(Domain):
     """A domain scored on sampled episodes, mean and 95 % confidence interval over ``--episodes`` of them.
 
     Subclasses implement :meth:`test_tasks`; ``fewshot eval --json`` prints
-    ``{"metric", "mean", "ci95", "episodes", "dataset", "split", "ways", "shots"}``.
+    ``{"metric", "mean", "ci95", "episodes", "dataset", "split", "ways", "shots"}``, with ``--calibration`` also
+    ``"ece", "mce", "nll", "brier"`` and their ``"*_ci95"`` half-widths (and ``"temperature"`` with
+    ``--temperature``).
     """
 
     def test_tasks(self, config, split: str | None = None, data_root: str | None = None, *, ways: int | None = None,
@@ -140,14 +147,18 @@ class EpisodeDomain(Domain):
                                       queries=args.queries, seed=seed, args=args)
         if len(run_dirs) > 1:
             self.check_runs(run_dirs, configs, tasks, name, args.data_root)
-        res = evaluate(learner, tasks, args.episodes or 600, inner_steps=steps, progress=not args.json)
+        res = evaluate(learner, tasks, args.episodes or 600, inner_steps=steps, progress=not args.json,
+                       calibration=wants_calibration(args))
         summary = self.summary(res, cfg, name, args.ways or cfg.ways, args.shots or cfg.shots)
         name += self.describe(args, summary)
+        second = report_calibration(args, res, summary, f"{cfg.algo} {name}")
         if args.json:
             print(json.dumps(summary))
         else:
             print(f"{res.metric}: {res.mean:.4f} ± {res.ci95:.4f} ({res.episodes} episodes, "
                   f"{summary['ways']}-way {summary['shots']}-shot, {name}, {steps_text(steps)})")
+            if second:
+                print(second)
 
 
 class ImageDomain(EpisodeDomain):
@@ -170,6 +181,32 @@ class ImageDomain(EpisodeDomain):
             summary["augment_support"] = args.augment_support
             return f", support + {args.augment_support} distorted copies"
         return ""
+
+
+def wants_calibration(args: argparse.Namespace) -> bool:
+    """``fewshot eval`` asked for calibration metrics (``--calibration``, ``--plot`` or ``--temperature``)."""
+    return bool(getattr(args, "calibration", False) or getattr(args, "plot", None)
+                or getattr(args, "temperature", None) is not None)
+
+
+def report_calibration(args: argparse.Namespace, res: EvalResult, summary: dict[str, Any], title: str) -> str | None:
+    """Put the calibration of ``res`` (if scored) into ``summary`` (the JSON line's keys ``ece, mce, nll, brier``
+    and their ``*_ci95``, ``temperature`` when one was applied), write ``--plot DIR/reliability.png``, and return
+    the plain output's second line (``None`` without calibration)."""
+    cal = res.calibration
+    if cal is None:
+        return None
+    summary.update(cal.as_dict())
+    temperature = getattr(args, "temperature", None)
+    scaled = ""
+    if temperature is not None:
+        summary["temperature"] = temperature
+        scaled = f"; temperature {temperature:.4g}"
+        title += f", T = {temperature:.3g}"
+    if getattr(args, "plot", None):
+        path = reliability_diagram(cal, Path(args.plot) / "reliability.png", title=title)
+        print(f"reliability diagram: {path}", file=sys.stderr)
+    return f"calibration: {cal}{scaled}"
 
 
 def episode_seeds(config) -> tuple[int, int]:

@@ -12,7 +12,9 @@ monitor training.
 
 Results are the mean ± standard error over tasks of ΔAUPRC (FS-Mol) or ROC-AUC (the tables); ``--json`` prints
 ``{"metric", "mean", "stderr", "tasks", "support_size"}`` (plus ``support_pos`` and ``support_neg`` for explicit
-supports) as the last line.
+supports) as the last line. ``--calibration`` adds ``ece, mce, nll, brier`` and their ``*_ci95``: the binary
+metrics of the activity probability (top-label confidence ``max(p, 1 - p)``, the Brier score ``(p - y)^2``)
+over each task's query predictions, averaged over tasks, the intervals ``1.96 *`` the standard error over tasks.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 from fewshot.argtypes import positive_int
 from fewshot.datasets.featurize import FeaturizerSpec
 from fewshot.datasets.molecules import TEST_TASK_COUNT, AssayData, fsmol_path, load_assays, read_dataset
-from fewshot.domains.base import Domain, episode_seeds, note
+from fewshot.domains.base import Domain, episode_seeds, note, report_calibration, wants_calibration
 from fewshot.evaluate import evaluate
 from fewshot.files import atomic_write
 from fewshot.registry import register_domain
@@ -282,11 +284,16 @@ class Molecules(Domain):
             support = cfg.support_spec()
         name, tasks = self.test_tasks(cfg, args.split, args.data_root, support=support, draws=args.draws,
                                       seed=args.seed if args.seed is not None else 0)
-        res = evaluate(learner, tasks, None, inner_steps=steps, progress=not args.json)
+        res = evaluate(learner, tasks, None, inner_steps=steps, progress=not args.json,
+                       calibration=wants_calibration(args))
+        summary = _summary(res, support)
+        second = report_calibration(args, res, summary, f"{cfg.algo} {name}, support {support.describe()}")
         if args.json:
-            print(json.dumps(_summary(res, support)))
+            print(json.dumps(summary))
         else:
             print(_line(res, name, support, steps))
+            if second:
+                print(second)
 
 
 def _summary(res, support: SupportSpec) -> dict:
