@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fewshot.calibration import fit_temperature
 from fewshot.datasets.labelled import DatasetExamples, LabelledData
 from fewshot.evaluate import EvalResult, evaluate
-from fewshot.learners import (ANIL, FOMAML, MAML, FineTune, Learner, MahalanobisProtoNet, MatchingNet, MetaSGD,
+from fewshot.learners import (ANIL, BMAML, FOMAML, MAML, FineTune, Learner, MahalanobisProtoNet, MatchingNet, MetaSGD,
                               ProtoNet, RandomForest, RelationNet, Reptile, SiameseNet)
 from fewshot.learners.temperature import TemperatureScaled
 from fewshot.nets import MLP, Conv4, FingerprintMLP, GraphNet, ResNet12
@@ -32,7 +32,7 @@ try:
 except PackageNotFoundError:      # run from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "MAML", "FOMAML", "ANIL", "MetaSGD", "Reptile", "ProtoNet", "MahalanobisProtoNet",
+__all__ = ["__version__", "MAML", "FOMAML", "ANIL", "MetaSGD", "Reptile", "BMAML", "ProtoNet", "MahalanobisProtoNet",
            "MatchingNet", "RelationNet", "SiameseNet", "FineTune", "RandomForest", "Learner", "ClassificationTasks",
            "SinusoidTasks", "LabelledData", "DatasetExamples", "Episode", "TaskBatch", "stack_episodes", "fit",
            "TrainSettings", "TrainResult", "evaluate", "EvalResult", "load", "Conv4", "ResNet12", "MLP",

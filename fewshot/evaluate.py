@@ -55,7 +55,8 @@ class EvalResult:
 
     def __str__(self) -> str:
         if self.tasks:
-            return f"{self.mean:.4f} ± {self.stderr:.4f} (standard error over {len(self.tasks)} tasks, {self.episodes} episodes)"
+            return (f"{self.mean:.4f} ± {self.stderr:.4f} (standard error over {len(self.tasks)} tasks, "
+                    f"{self.episodes} episodes)")
         return f"{self.mean:.4f} ± {self.ci95:.4f} ({self.episodes} episodes)"
 
 

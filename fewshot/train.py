@@ -427,7 +427,8 @@ def fit(learner: Learner, tasks, val_tasks=None, *, steps: int = 2000, meta_batc
 
     Args:
         learner: any learner, e.g. ``fewshot.MAML(model)`` or ``fewshot.ProtoNet(encoder)``, over any ``nn.Module``.
-        tasks: training episodes: ``tasks[i]`` is episode ``i`` (e.g. :class:`~fewshot.tasks.sampler.ClassificationTasks`).
+        tasks: training episodes: ``tasks[i]`` is episode ``i``
+            (e.g. :class:`~fewshot.tasks.sampler.ClassificationTasks`).
         val_tasks: validation episodes (``None``: no validation; ``load`` then returns the last weights).
         steps, meta_batch, lr: meta-updates, tasks per update, the outer Adam learning rate.
         out: the run directory (``None``: nothing is written and nothing can resume).

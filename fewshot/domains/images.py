@@ -62,10 +62,11 @@ _METRIC = dict(net="conv4-pool", ways=5, shots=1, queries=15, train_ways=20, tra
 _MAML = dict(net="conv4-pool", channels=32, ways=5, shots=1, queries=15, meta_batch=4, inner_lr=0.01,
              inner_steps=5, eval_inner_steps=10, lr=0.001, steps=3000)       # Finn et al. 2017, mini-ImageNet
 RECIPES = {
-    "maml": _MAML, "fomaml": _MAML, "anil": _MAML, "metasgd": _MAML,
+    "maml": _MAML, "fomaml": _MAML, "anil": _MAML, "metasgd": _MAML, "bmaml": dict(_MAML, particles=5),
     "reptile": dict(_MAML, meta_batch=5, inner_lr=0.001, inner_steps=8, eval_inner_steps=50),
     "protonet": dict(_METRIC, train_ways=30, train_queries=15, steps=2000),   # Snell et al. 2017: 30-way training
-    "matching": _METRIC, "matching-fce": _METRIC, "relation": dict(_METRIC, net="relation-conv", train_ways=5, train_queries=15),
+    "matching": _METRIC, "matching-fce": _METRIC,
+    "relation": dict(_METRIC, net="relation-conv", train_ways=5, train_queries=15),
     "siamese": _METRIC,
     "finetune": dict(net="conv4-pool", ways=5, shots=1, queries=15, meta_batch=1, lr=0.001, batch_size=64,
                      inner_lr=0.01, inner_steps=100, steps=3000),

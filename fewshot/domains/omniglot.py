@@ -91,6 +91,7 @@ RECIPES = {
     "fomaml": _MAML,
     "anil": _MAML,              # Raghu et al. 2020
     "metasgd": _MAML,           # Li et al. 2017: step sizes start at alpha
+    "bmaml": {**_MAML, "particles": 5},   # Yoon et al. 2018: MAML's setting, 5 Stein particles
     "reptile": dict(net="conv4-strided", ways=5, shots=1, queries=15, meta_batch=5,
                     inner_lr=0.05, inner_steps=5, eval_inner_steps=50, lr=0.001),
     "protonet": dict(net="conv4-pool", ways=5, shots=1, queries=15, train_ways=60,

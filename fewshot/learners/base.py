@@ -200,20 +200,21 @@ class Learner(nn.Module):
             raise
         except (RuntimeError, ValueError, IndexError) as e:
             detail = " ".join(str(e).split())[:300]
-            raise ValueError(f"the model cannot run on the {what} episodes: support_x {tuple(episode.support_x.shape)}, "
-                             f"query_x {tuple(episode.query_x.shape)} ({detail}); check the input size the model "
-                             "expects (e.g. Conv-4 needs images of at least 16x16)") from None
+            raise ValueError(f"the model cannot run on the {what} episodes: support_x "
+                             f"{tuple(episode.support_x.shape)}, query_x {tuple(episode.query_x.shape)} ({detail}); "
+                             "check the input size the model expects (e.g. Conv-4 needs images of at least "
+                             "16x16)") from None
         queries = episode.query_x.shape[0]
         if self.task == "classification":
             ways = int(episode.support_y.max()) + 1
             if tuple(outputs.shape) != (queries, ways):
                 width = outputs.shape[-1] if outputs.dim() == 2 else tuple(outputs.shape)
-                raise ShapeError(f"the model's output has width {width} but the {what} episodes are {ways}-way: give the model "
-                                 f"{ways} outputs (e.g. a final nn.Linear(..., {ways})) or draw {width}-way "
-                                 "episodes")
+                raise ShapeError(f"the model's output has width {width} but the {what} episodes are {ways}-way: "
+                                 f"give the model {ways} outputs (e.g. a final nn.Linear(..., {ways})) or draw "
+                                 f"{width}-way episodes")
         elif outputs.shape != episode.query_y.shape:
-            raise ShapeError(f"the model's outputs have shape {tuple(outputs.shape)} but the {what} episodes' query targets "
-                             f"have {tuple(episode.query_y.shape)}")
+            raise ShapeError(f"the model's outputs have shape {tuple(outputs.shape)} but the {what} episodes' "
+                             f"query targets have {tuple(episode.query_y.shape)}")
 
 
 class SupportSet(NamedTuple):

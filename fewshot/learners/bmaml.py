@@ -1,0 +1,158 @@
+"""Bayesian MAML (Yoon et al. 2018): an ensemble of ``M`` particles adapted by Stein variational gradient descent.
+
+The meta-parameters are ``M`` particles ``Theta_0 = {theta_0^m}``, each a full copy of the model's trainable
+parameters. Particle 0 is the module's own parameters; particles ``1..M-1`` are independent re-initialisations
+of it (a deep copy of the module on which every submodule's ``reset_parameters()`` is called, under a torch RNG
+seeded with ``(seed, m)`` and forked, so the global RNG is not consumed). Frozen parameters
+(``requires_grad=False``) and buffers are the module's own, shared by all particles, never adapted or moved.
+
+Inner loop: ``inner_steps`` SVGD steps (:func:`svgd_step`) on the support set, with
+``log p(theta | support) = - mean cross-entropy of the support set`` (averaged, as in MAML, so one particle is
+MAML; no prior term). The RBF kernel ``k(a, b) = exp(-||a - b||^2 / h)`` runs on each particle's adapted
+parameters flattened into one vector, with the median heuristic ``h = median^2 / log M`` (the median of the
+pairwise distances between particles, taken anew at every step and differentiated through like the rest).
+
+Meta-objective: the paper's non-chaser baseline, not the chaser loss. The meta-loss of a task is the query NLL of
+the posterior predictive, ``-log (1/M) sum_m softmax(f(x; theta_n^m))[y]``, differentiated through the SVGD
+steps (second order: the support gradients are kept in the graph with ``create_graph=True``).
+
+:meth:`BMAML.predict` returns the log of the particles' mean class probabilities, so the evaluator's softmax of
+them is the posterior predictive, and the base class's cross-entropy of them is the meta-loss above.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fewshot.learners.base import Learner, task_loss
+from fewshot.learners.gradient import Params, check_inner_loop, functional_forward, parameter_slots
+from fewshot.registry import BuildContext, register_learner
+
+
+def svgd_step(particles: torch.Tensor, grads_logp: torch.Tensor, step_size: float) -> torch.Tensor:
+    """One SVGD step ``theta^m + step_size * phi(theta^m)`` of ``particles [M, P]`` given
+    ``grads_logp [M, P]`` (the gradient of ``log p`` at each particle), where
+    ``phi(theta^m) = (1/M) sum_j [k(theta^j, theta^m) grad log p(theta^j) + grad_{theta^j} k(theta^j, theta^m)]``,
+    ``k(a, b) = exp(-||a - b||^2 / h)`` and ``h = median^2 / log M`` (``h = 1`` when ``M = 1`` or all particles
+    coincide, where the kernel is 1 whatever ``h``)."""
+    m = particles.shape[0]
+    sq = (particles[:, None, :] - particles[None, :, :]).pow(2).sum(-1)          # [M, M] squared distances
+    pairs = sq[torch.triu_indices(m, m, offset=1, device=sq.device).unbind()]    # each pair once
+    h = pairs.median() / math.log(m) if m > 1 else sq.new_ones(())               # median^2 = median of squares
+    h = torch.where(h > 0, h, torch.ones_like(h))
+    k = torch.exp(-sq / h)                                                       # symmetric
+    # grad_{theta^j} k(theta^j, theta^m) = (2 / h) (theta^m - theta^j) k_jm, summed over j:
+    repulsion = (2 / h) * (k.sum(1, keepdim=True) * particles - k @ particles)
+    return particles + step_size * (k @ grads_logp + repulsion) / m
+
+
+class BMAML(Learner):
+    """Bayesian MAML (Yoon et al. 2018) with SVGD inner loop and the posterior-predictive meta-loss (module docstring).
+
+    Args:
+        model: any ``nn.Module`` mapping inputs to logits ``[B, N]``.
+        inner_lr: the SVGD step size alpha.
+        inner_steps: SVGD steps during meta-training (``adapt(steps=)`` overrides).
+        particles: the number of particles ``M`` (``M = 1`` is MAML).
+        seed: seeds the re-initialisation of particles ``1..M-1``.
+        batchnorm: ``"batch"`` or ``"running"`` (:mod:`fewshot.learners.base`).
+    """
+
+    task = "classification"
+
+    def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1, particles: int = 5, *,
+                 seed: int = 0, batchnorm: str = "batch"):
+        super().__init__(batchnorm=batchnorm)
+        check_inner_loop(inner_lr, inner_steps, None)
+        if not isinstance(particles, int) or particles < 1:
+            raise ValueError(f"particles must be an integer >= 1, got {particles!r}")
+        self.model, self.inner_lr, self.inner_steps, self.num_particles = model, inner_lr, inner_steps, particles
+        self._slots = parameter_slots(model)
+        self.adapt_names = [n for n, p in model.named_parameters() if p.requires_grad]
+        if not self.adapt_names:
+            raise ValueError("the model has no trainable parameters to adapt")
+        self.extra_particles = nn.ModuleList([self._reinitialised(model, seed, m) for m in range(1, particles)])
+
+    def _reinitialised(self, model: nn.Module, seed: int, m: int) -> nn.ParameterList:
+        """The trainable parameters of a copy of ``model`` re-initialised under the RNG seeded with ``(seed, m)``."""
+        twin = copy.deepcopy(model)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed * 1_000_003 + m)
+            for module in twin.modules():
+                if callable(getattr(module, "reset_parameters", None)):
+                    module.reset_parameters()
+        params = dict(twin.named_parameters())
+        return nn.ParameterList([nn.Parameter(params[n].detach().clone()) for n in self.adapt_names])
+
+    def initial_particles(self) -> list[Params]:
+        """``Theta_0``: ``M`` full parameter dicts (canonical names), particle 0 the module's own."""
+        own = dict(self.model.named_parameters())
+        return [own] + [{**own, **dict(zip(self.adapt_names, extra))} for extra in self.extra_particles]
+
+    def forward_with(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_forward(self.model, self._slots, params, x)
+
+    def inner_loop(self, particles: list[Params], x: torch.Tensor, y: torch.Tensor, steps: int) -> list[Params]:
+        """``steps`` SVGD steps of the particles on the support set; second order when gradients are enabled."""
+        second_order = torch.is_grad_enabled()
+        names = self.adapt_names
+        for _ in range(steps):
+            fast = [[p[n] if second_order else p[n].detach().requires_grad_() for n in names] for p in particles]
+            with torch.enable_grad():
+                loss = sum(task_loss(self.forward_with({**p, **dict(zip(names, f))}, x), y, self.task)
+                           for p, f in zip(particles, fast))      # each term depends on its own particle only
+                grads = torch.autograd.grad(loss, [t for f in fast for t in f], create_graph=second_order,
+                                            allow_unused=True, materialize_grads=True)
+            flat = torch.stack([torch.cat([t.reshape(-1) for t in f]) for f in fast])
+            grads_logp = -torch.stack([torch.cat([g.reshape(-1) for g in grads[i * len(names):(i + 1) * len(names)]])
+                                       for i in range(len(fast))])
+            new = svgd_step(flat, grads_logp if second_order else grads_logp.detach(), self.inner_lr)
+            if not second_order:
+                new = new.detach()
+            particles = [{**p, **self._unflatten(row, p)} for p, row in zip(particles, new)]
+        return particles
+
+    def _unflatten(self, vector: torch.Tensor, like: Params) -> Params:
+        out, i = {}, 0
+        for n in self.adapt_names:
+            size = like[n].numel()
+            out[n] = vector[i:i + size].view_as(like[n])
+            i += size
+        return out
+
+    # -- the protocol ----------------------------------------------------------------------
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> list[Params]:
+        """The ``M`` particles (full parameter dicts) after SVGD on the support set."""
+        steps = self.inner_steps if steps is None else steps
+        return self.inner_loop(self.initial_particles(), support_x, support_y, steps)
+
+    def predict(self, adapted: list[Params], query_x: torch.Tensor) -> torch.Tensor:
+        """``log (1/M) sum_m softmax(logits_m)`` ``[Q, N]``: the log posterior predictive."""
+        logp = torch.stack([torch.log_softmax(self.forward_with(p, query_x), dim=-1) for p in adapted])
+        return torch.logsumexp(logp, dim=0) - math.log(len(adapted))
+
+
+@dataclass
+class BMAMLOptions:
+    """The ``learner`` section of BMAML runs."""
+
+    inner_lr: float = 0.4
+    inner_steps: int = 1
+    eval_inner_steps: int | None = None   # test-time SVGD steps (None: inner_steps)
+    particles: int = 5
+
+    def validate(self) -> None:
+        check_inner_loop(self.inner_lr, self.inner_steps, self.eval_inner_steps)
+        if not isinstance(self.particles, int) or self.particles < 1:
+            raise ValueError(f"particles must be an integer >= 1, got {self.particles!r}")
+
+
+@register_learner("bmaml", options=BMAMLOptions, tasks=("classification",), head=True)
+def _build(options: BMAMLOptions, context: BuildContext) -> BMAML:
+    return BMAML(context.net(out_features=context.ways), options.inner_lr, options.inner_steps, options.particles,
+                 seed=context.seed)
