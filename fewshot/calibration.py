@@ -234,24 +234,12 @@ def query_logits(learner, tasks: Dataset, episodes: int | None = None, inner_ste
     them (eval mode, the learner's BatchNorm mode)."""
     if getattr(learner, "task", "classification") != "classification":
         raise ValueError("temperature scaling needs class logits; this learner does regression")
-    if episodes is None:
-        episodes = len(tasks)
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if episodes > len(tasks):
-        raise ValueError(f"asked for {episodes} episodes but the task source holds {len(tasks)}")
-    was_training, device = learner.training, learner.device
-    learner.eval()
+    from fewshot.evaluate import episode_count, scored_episodes
+
     outputs, labels = [], []
-    try:
-        for i in range(episodes):
-            episode = tasks[i]
-            with learner.normalisation():
-                out = learner.query_outputs(episode.to(device), steps=inner_steps).cpu().double()
-            outputs.append(_log_probs(out))
-            labels.append(episode.query_y.long().flatten().cpu())
-    finally:
-        learner.train(was_training)
+    for _, episode, out in scored_episodes(learner, tasks, episode_count(tasks, episodes), inner_steps):
+        outputs.append(_log_probs(out.double()))
+        labels.append(episode.query_y.long().flatten())
     classes = {o.shape[1] for o in outputs}
     if len(classes) > 1:       # outputs of different widths cannot be pooled into one [n, classes]
         raise ValueError(f"episodes of different widths {sorted(classes)}; fit the temperature on episodes of one "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from torch.utils.data import Dataset
@@ -74,6 +75,35 @@ def _ranking_score(metric: str, logits: torch.Tensor, episode: Episode) -> float
     return delta_auprc(scores, episode.query_y)
 
 
+def episode_count(tasks: Dataset, episodes: int | None) -> int:
+    """``episodes`` checked against the task source (``None``: all of a finite source)."""
+    if episodes is None:
+        episodes = len(tasks)
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if episodes > len(tasks):
+        raise ValueError(f"asked for {episodes} episodes but the task source holds {len(tasks)}")
+    return episodes
+
+
+def scored_episodes(learner: Learner, tasks: Dataset, episodes: int, inner_steps: int | None = None,
+                    progress: bool = False) -> Iterator[tuple[int, Episode, torch.Tensor]]:
+    """``(i, episode, outputs)`` for episodes ``0..episodes-1``: the query outputs ``predict(adapt(support),
+    query)`` on the CPU, computed as every score is (eval mode, the learner's BatchNorm mode, no meta-gradient,
+    the episode moved to the learner's device); the learner's mode is restored afterwards."""
+    was_training, device = learner.training, learner.device
+    learner.eval()
+    try:
+        for i in progress_bar(range(episodes), desc="eval", enabled=progress, leave=False, every_percent=0):
+            pause_point("evaluate-episode")
+            episode = tasks[i]
+            with learner.normalisation():
+                outputs = learner.query_outputs(episode.to(device), steps=inner_steps).cpu()
+            yield i, episode, outputs
+    finally:
+        learner.train(was_training)
+
+
 def evaluate(learner: Learner, tasks: Dataset, episodes: int | None = 600, inner_steps: int | None = None,
              progress: bool = False, *, warn: bool = True, calibration: bool = False) -> EvalResult:
     """Score ``learner`` on episodes ``0..episodes-1`` of ``tasks``: ``predict(adapt(support), query)`` of each.
@@ -96,44 +126,29 @@ def evaluate(learner: Learner, tasks: Dataset, episodes: int | None = 600, inner
         :class:`EvalResult`: ``.mean``, ``.ci95``, ``.episodes`` (and ``.calibration``); ``str()`` gives
         ``0.7351 ± 0.0143 (600 episodes)``.
     """
-    if episodes is None:
-        episodes = len(tasks)
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if episodes > len(tasks):
-        raise ValueError(f"asked for {episodes} episodes but the task source holds {len(tasks)}")
+    episodes = episode_count(tasks, episodes)
     if calibration and learner.task != "classification":
         raise ValueError(f"calibration metrics need class probabilities; this learner does {learner.task} "
                          f"({metric_name(learner.task)})")
     if episodes < 2 and warn:
         warnings.warn(f"evaluating on {episodes} episode gives no confidence interval (ci95 is 0); use 600 "
                       "episodes, the field's convention", stacklevel=2)
-    was_training, device = learner.training, learner.device
-    learner.eval()
     ranking = getattr(tasks, "metric", None)
-    bar = progress_bar(range(episodes), desc="eval", enabled=progress, leave=False, every_percent=0)
-    try:
-        values: list[float] = []
-        per_task: dict[str, list[float]] = {}
-        stats: list[torch.Tensor] = []                   # calibration statistics of each episode
-        task_stats: dict[str, torch.Tensor] = {}         # ... summed over each assay task's episodes
-        for i in bar:
-            pause_point("evaluate-episode")
-            episode = tasks[i]
-            with learner.normalisation():
-                outputs = learner.query_outputs(episode.to(device), steps=inner_steps).cpu()
-            if ranking is None:
-                values.append(task_metric(outputs, episode.query_y, learner.task))
-                if calibration:
-                    stats.append(calib.episode_statistics(outputs, episode.query_y))
-            else:
-                task = tasks.episode_task(i)
-                per_task.setdefault(task, []).append(_ranking_score(ranking, outputs, episode))
-                if calibration:
-                    row = calib.episode_statistics(outputs, episode.query_y, binary=True)
-                    task_stats[task] = task_stats[task] + row if task in task_stats else row
-    finally:
-        learner.train(was_training)
+    values: list[float] = []
+    per_task: dict[str, list[float]] = {}
+    stats: list[torch.Tensor] = []                   # calibration statistics of each episode
+    task_stats: dict[str, torch.Tensor] = {}         # ... summed over each assay task's episodes
+    for i, episode, outputs in scored_episodes(learner, tasks, episodes, inner_steps, progress):
+        if ranking is None:
+            values.append(task_metric(outputs, episode.query_y, learner.task))
+            if calibration:
+                stats.append(calib.episode_statistics(outputs, episode.query_y))
+        else:
+            task = tasks.episode_task(i)
+            per_task.setdefault(task, []).append(_ranking_score(ranking, outputs, episode))
+            if calibration:
+                row = calib.episode_statistics(outputs, episode.query_y, binary=True)
+                task_stats[task] = task_stats[task] + row if task in task_stats else row
     if ranking is None:
         mean, ci95 = confidence_interval(values)
         scores = calib.pooled(torch.stack(stats)) if calibration else None

@@ -54,3 +54,14 @@ def meta_gradient(forward, params: list[torch.Tensor], batch, inner_lr, steps: i
     total = total / batch.support_x.shape[0]
     wrt = leaves + (lr_leaves or [])
     return torch.autograd.grad(total, wrt)
+
+
+def central_differences(f, flat: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The gradient of a scalar function ``f`` of a vector, by central differences ``(f(x+e) - f(x-e)) / 2e``
+    in each coordinate: the finite-difference check of the meta-gradients."""
+    numeric = torch.zeros_like(flat)
+    for i in range(flat.numel()):
+        step = torch.zeros_like(flat)
+        step[i] = eps
+        numeric[i] = (f(flat + step) - f(flat - step)) / (2 * eps)
+    return numeric

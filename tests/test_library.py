@@ -543,47 +543,36 @@ def test_fit_resumes_a_run_bit_for_bit(tmp_path):
     assert train_log(tmp_path / "split") == train_log(tmp_path / "whole")
 
 
-def test_an_interrupt_keeps_the_last_completed_step_and_resumes_bit_for_bit(tmp_path, monkeypatch):
+def interrupted_run(tmp_path, monkeypatch, module, point: str, visit: int):
+    """A 6-step run into ``tmp_path/cut`` whose ``visit``-th arrival at ``point`` (a pause point of ``module``)
+    raises KeyboardInterrupt; returns the step its ``checkpoints/last`` holds."""
     calls = []
 
-    def interrupt_at_the_third_step(name):
-        if name == "train-step":
+    def interrupt(name):
+        if name == point:
             calls.append(name)
-            if len(calls) == 3:
+            if len(calls) == visit:
                 raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(TRAIN_MODULE, "pause_point", interrupt_at_the_third_step)
+        patch.setattr(module, "pause_point", interrupt)
         with pytest.raises(KeyboardInterrupt):
             run(tmp_path / "cut", steps=6, checkpoint_every=100)
-    meta = json.loads((tmp_path / "cut" / "checkpoints" / "last.json").read_text())
-    assert meta["state"]["step"] == 2                                           # the last completed step
+    return json.loads((tmp_path / "cut" / "checkpoints" / "last.json").read_text())["state"]["step"]
+
+
+@pytest.mark.parametrize("module, point, visit, kept", [
+    (TRAIN_MODULE, "train-step", 3, 2),              # inside step 3, before its update: steps 1-2 kept
+    (EVALUATE_MODULE, "evaluate-episode", 3, 4),     # during the second validation (2 episodes each, step 4)
+])
+def test_an_interrupt_keeps_the_last_completed_step_and_resumes_bit_for_bit(tmp_path, monkeypatch, module, point,
+                                                                             visit, kept):
+    assert interrupted_run(tmp_path, monkeypatch, module, point, visit) == kept   # no regular checkpoint yet
     resumed = run(tmp_path / "cut", steps=6, checkpoint_every=100)
     whole = run(tmp_path / "whole", steps=6, checkpoint_every=100)
     assert resumed.step == 6
     assert_bit_identical(state(resumed.learner), state(whole.learner))
     assert train_log(tmp_path / "cut") == train_log(tmp_path / "whole")
-
-
-def test_an_interrupt_between_steps_keeps_the_last_completed_step_and_resumes_bit_for_bit(tmp_path, monkeypatch):
-    """Ctrl-C while validating (between updates): ``last`` holds the steps done so far."""
-    calls = []
-
-    def interrupt_at_the_second_validation(name):
-        if name == "evaluate-episode":
-            calls.append(name)
-            if len(calls) == 3:                                                 # 2 episodes per validation
-                raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(EVALUATE_MODULE, "pause_point", interrupt_at_the_second_validation)
-        with pytest.raises(KeyboardInterrupt):
-            run(tmp_path / "cut", steps=6, checkpoint_every=100)
-    meta = json.loads((tmp_path / "cut" / "checkpoints" / "last.json").read_text())
-    assert meta["state"]["step"] == 4
-    resumed = run(tmp_path / "cut", steps=6, checkpoint_every=100)
-    whole = run(tmp_path / "whole", steps=6, checkpoint_every=100)
-    assert_bit_identical(state(resumed.learner), state(whole.learner))
 
 
 def test_maml_with_zero_inner_steps_warns_that_it_does_not_adapt():
