@@ -1,4 +1,5 @@
-"""The ``fewshot`` command: ``train``, ``eval``, ``calibrate``, ``download`` and ``bench``.
+"""The ``fewshot`` command: ``train``, ``eval``, ``calibrate``, ``download``, ``bench`` and the subcommands of
+:mod:`fewshot.commands`.
 
 The command parses flags, asks the registries for the learner and the run's domain (:mod:`fewshot.runs`),
 trains with the one trainer (:mod:`fewshot.train`) and leaves scoring and reporting to the domain; each domain
@@ -18,6 +19,7 @@ from typing import Any, Sequence
 import yaml
 
 from fewshot.argtypes import choices, nonnegative_int, positive_float, positive_int, task_shapes
+from fewshot.commands import command_modules
 
 EXIT_BAD_INPUT = 2
 EXIT_SYSTEM_ERROR = 1
@@ -140,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("download", help="download a dataset (with checksum verification)")
     dl.add_argument("dataset", choices=("omniglot",))
     dl.add_argument("--data-root", required=True, help="directory to download into")
+    for module in command_modules():
+        module.add_parser(sub, _Parser)
     return parser
 
 
@@ -380,8 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from fewshot.devices import resolve_device
 
             args.device = resolve_device(args.device)
-        {"train": _train, "eval": _eval, "calibrate": _calibrate, "download": _download,
-         "bench": _bench}[args.command](args)
+        commands = {"train": _train, "eval": _eval, "calibrate": _calibrate, "download": _download,
+                    "bench": _bench, **{module.NAME: module.run for module in command_modules()}}
+        commands[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"fewshot {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
