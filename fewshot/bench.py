@@ -29,7 +29,8 @@ Columns:
 
 ``library`` names variants in brackets: ``fewshot[checkpoint]`` (gradient checkpointing of the
 inner loop), ``fewshot[bf16]`` (CPU autocast to bfloat16; its ``grad_rel_diff`` is against float32
-fewshot), ``fewshot[compile]`` (``torch.compile`` of the per-task meta-gradient).
+fewshot), ``fewshot[compile]`` (``torch.compile`` of the per-task meta-gradient), ``fewshot[vmap]`` (the tasks of
+the meta-batch in one ``torch.func.vmap`` call, BatchNorm from primitives: :mod:`fewshot.nets.norm`).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from torch.nn import functional as F  # noqa: E402
 ALGOS = ("maml", "fomaml", "anil", "reptile", "protonet")
 PEERS = ("learn2learn", "higher")
 PEER_ALGOS = ("maml", "fomaml")               # the step each peer library offers as such
-VARIANTS = ("checkpoint", "bf16", "compile")
+VARIANTS = ("checkpoint", "bf16", "compile", "vmap")
 ROW_KEYS = ("library", "algo", "net", "ways", "shots", "meta_batch", "order", "tasks_per_s", "peak_mb",
             "gflops", "grad_rel_diff")
 
@@ -115,6 +116,10 @@ def make_learner(s: Setting):
         kwargs = {} if cls is Reptile else {"multi_step_loss": getattr(config, "multi_step_loss", False)}
         learner = cls(net(out_features=s.ways), config.inner_lr, config.inner_steps, **kwargs)
         learner.set_execution(vectorize=getattr(config, "vectorize", False))   # options that do not apply: off
+    if s.variant == "vmap":
+        if not isinstance(learner, GradientLearner) or s.algo == "reptile":
+            raise ValueError("fewshot[vmap] applies to maml, fomaml and anil")
+        learner.set_execution(vectorize=True)
     if s.variant == "checkpoint":
         if not isinstance(learner, GradientLearner) or learner.first_order:
             raise ValueError("fewshot[checkpoint] applies to second-order gradient learners (maml, anil)")
@@ -341,7 +346,7 @@ def settings(args: argparse.Namespace) -> list[list[Setting]]:
                 if algo in ("maml", "anil"):
                     libraries += variants
                 elif algo in PEER_ALGOS:
-                    libraries += [v for v in variants if v == "fewshot[bf16]"]
+                    libraries += [v for v in variants if v in ("fewshot[bf16]", "fewshot[vmap]")]
                 groups.append([Setting(lib, algo, net, ways, args.shots, args.queries, meta_batch, args.inner_steps,
                                        args.repeats, args.warmup, args.seed, args.threads) for lib in libraries])
     return groups

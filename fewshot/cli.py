@@ -167,7 +167,8 @@ def _bench_parser(sub) -> None:
                        help="peer libraries to run when installed (default learn2learn,higher)")
     speed.add_argument("--variants", type=choices(VARIANTS), default=[],
                        help="fewshot variants to add: checkpoint (inner-loop gradient checkpointing), bf16 "
-                            "(autocast), compile (torch.compile; minutes of compilation)")
+                            "(autocast), compile (torch.compile; minutes of compilation), vmap (the meta-batch in one "
+                            "torch.func.vmap call)")
     speed.add_argument("--repeats", type=positive_int, default=10, help="timed meta-steps per row (default 10)")
     speed.add_argument("--warmup", type=nonnegative_int, default=2, help="untimed steps per process (default 2)")
     speed.add_argument("--rounds", type=positive_int, default=2,
@@ -271,6 +272,9 @@ def _train_in_group(args: argparse.Namespace) -> None:
     print(f"trained {result.step} steps{note}{skipped}; best validation {best}", file=sys.stderr)
     learner, cfg = load_learner(Path(out))
     cfg.domain.test_after_training(learner.to(args.device), cfg, Path(out), args.device)
+    from fewshot.report.page import run_report
+
+    run_report(Path(out))       # RUN/report/index.html: the learning curves
 
 
 def _check_domain_flags(args: argparse.Namespace, domain) -> None:

@@ -17,12 +17,13 @@ from conftest import cli
 
 def test_speed_json_rows_have_exactly_the_contract_keys_and_real_measurements(capsys):
     code, out, _ = cli(["bench", "speed", "--algos", "maml,reptile", "--tasks", "5x2", "--repeats", "2",
-                        "--warmup", "0", "--rounds", "1", "--peers", "higher", "--variants", "checkpoint",
+                        "--warmup", "0", "--rounds", "1", "--peers", "higher", "--variants", "checkpoint,vmap",
                         "--json"], capsys)
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     fewshot_rows = {(r["library"], r["algo"]): r for r in rows if r["library"].startswith("fewshot")}
-    assert set(fewshot_rows) == {("fewshot", "maml"), ("fewshot[checkpoint]", "maml"), ("fewshot", "reptile")}
+    assert set(fewshot_rows) == {("fewshot", "maml"), ("fewshot[checkpoint]", "maml"), ("fewshot[vmap]", "maml"),
+                                 ("fewshot", "reptile")}
     for row in rows:
         assert tuple(row) == bench.ROW_KEYS
         assert row["tasks_per_s"] > 0 and row["gflops"] > 0 and row["meta_batch"] == 2 and row["ways"] == 5
@@ -31,6 +32,7 @@ def test_speed_json_rows_have_exactly_the_contract_keys_and_real_measurements(ca
     assert maml["order"] == 2 and reptile["order"] == 1
     assert maml["grad_rel_diff"] < 1e-5            # against the plain-autograd loop
     assert fewshot_rows["fewshot[checkpoint]", "maml"]["grad_rel_diff"] < 1e-6
+    assert fewshot_rows["fewshot[vmap]", "maml"]["grad_rel_diff"] < 1e-5   # vmap with BatchNorm: exact
     assert reptile["grad_rel_diff"] is None
 
 

@@ -20,6 +20,8 @@ levels and held about twice the memory (135 vs 60 MB for the strided Conv-4, 5-w
 BatchNorm: with the library's nets (``track_running_stats=False``), and for any module under the default
 ``batchnorm="batch"``, every forward pass uses the statistics of the batch it is given, i.e. of one task's
 support set while adapting and of its query set when predicting (the MAML paper's transductive setting).
+Vectorised, the library's :class:`~fewshot.nets.norm.BatchNorm2d` computes from primitives, which ``vmap``
+batches exactly; ``nn.BatchNorm`` layers are refused there at second order (:mod:`fewshot.nets.norm`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.checkpoint import checkpoint
 
 from fewshot.learners.base import Learner, Task, mean_metrics, metric_name, task_loss, task_metric
+from fewshot.nets.norm import exact_under_vmap, native_batchnorm
 from fewshot.registry import BuildContext, register_learner
 from fewshot.tasks.episode import Episode, RaggedTaskBatch, TaskBatch
 
@@ -171,10 +174,12 @@ class GradientLearner(Learner):
         """Choose how meta-batches run (:class:`Execution`); returns the learner."""
         if checkpoint_inner and vectorize:
             raise ValueError("checkpoint_inner=True works with the task loop only; drop vectorize=True")
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
-        if vectorize and has_bn and not self.first_order:
-            raise ValueError("vectorize=True with nn.BatchNorm and second order gives wrong meta-gradients "
-                             "(torch.func.vmap); use the task loop (vectorize=False) or first order")
+        native = native_batchnorm(self.model)
+        if vectorize and native and not self.first_order:
+            raise ValueError(f"vectorize=True with nn.BatchNorm ({native[0]}) and second order gives wrong "
+                             "meta-gradients (torch.func.vmap's batching rule for the native kernel); use "
+                             "fewshot.nets.norm.BatchNorm2d (exact under vmap), the task loop (vectorize=False) or "
+                             "first order")
         self.execution = Execution(vectorize, checkpoint_inner)
         return self
 
@@ -224,8 +229,9 @@ class GradientLearner(Learner):
             raise ValueError("vectorize (vmap over tasks) needs episodes of equal sizes; this meta-batch's sizes differ "
                              "(ragged_queries): set vectorize: false")
         params = dict(self.model.named_parameters())
-        outputs = vmap(lambda sx, sy, qx: self._query_outputs(params, sx, sy, qx), randomness="error")(
-            batch.support_x, batch.support_y, batch.query_x)                      # [T, steps, N*Q, d]
+        with exact_under_vmap(self.model):
+            outputs = vmap(lambda sx, sy, qx: self._query_outputs(params, sx, sy, qx), randomness="error")(
+                batch.support_x, batch.support_y, batch.query_x)                  # [T, steps, N*Q, d]
         losses, metrics = zip(*(self._loss_and_metrics(o, y) for o, y in zip(outputs, batch.query_y)))
         return torch.stack(losses).mean(), mean_metrics(list(metrics))
 

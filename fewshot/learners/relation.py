@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from fewshot.learners.base import JointEmbeddingLearner, task_metric
 from fewshot.nets.conv4 import Norm
+from fewshot.nets.norm import BatchNorm2d
 from fewshot.registry import BuildContext, NoOptions, register_learner, register_net
 from fewshot.tasks.episode import Episode
 
@@ -41,7 +42,7 @@ def relation_block(in_channels: int, out_channels: int, pool: bool, norm: Norm =
         raise ValueError(f"unknown norm {norm!r}; use 'batch' or 'none'")
     layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1)]
     if norm == "batch":
-        layers.append(nn.BatchNorm2d(out_channels, track_running_stats=False))
+        layers.append(BatchNorm2d(out_channels))
     layers.append(nn.ReLU())
     if pool:
         layers.append(nn.MaxPool2d(2))

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from fewshot.nets.norm import BatchNorm2d
 from fewshot.registry import register_net
 
 Variant = Literal["pool", "strided"]
@@ -22,8 +23,9 @@ def conv_block(in_channels: int, out_channels: int, variant: Variant, norm: Norm
     if norm == "batch":
         # Per-batch statistics always (no running averages): each forward pass normalises with
         # the statistics of the batch it is given - one task's support or query set in
-        # MAML (the paper's transductive setting), support and query together in ProtoNet.
-        layers.append(nn.BatchNorm2d(out_channels, track_running_stats=False))
+        # MAML (the paper's transductive setting), support and query together in ProtoNet;
+        # exact under vmap too (fewshot.nets.norm).
+        layers.append(BatchNorm2d(out_channels))
     if variant == "pool":
         # Max-pool before ReLU: the same function and gradient (ReLU is monotone, so it commutes
         # with max), with the ReLU and its backward on a quarter of the elements.

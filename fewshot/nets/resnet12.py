@@ -9,16 +9,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from fewshot.nets.conv4 import Norm
+from fewshot.nets.norm import BatchNorm2d
 from fewshot.registry import register_net
 
 SLOPE = 0.1   # the negative slope of every LeakyReLU
 
 
 def norm_layer(channels: int, norm: Norm) -> nn.Module:
-    """``BatchNorm2d`` with per-batch statistics always (no running averages, as in
+    """:class:`~fewshot.nets.norm.BatchNorm2d` with per-batch statistics always (no running averages, as in
     :func:`~fewshot.nets.conv4.conv_block`: one task's support or query set in MAML, support and query
     together in ProtoNet), or the identity for ``norm="none"``."""
-    return nn.BatchNorm2d(channels, track_running_stats=False) if norm == "batch" else nn.Identity()
+    return BatchNorm2d(channels) if norm == "batch" else nn.Identity()
 
 
 class ResidualBlock(nn.Module):
