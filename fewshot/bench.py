@@ -30,7 +30,12 @@ Columns:
 ``library`` names variants in brackets: ``fewshot[checkpoint]`` (gradient checkpointing of the
 inner loop), ``fewshot[bf16]`` (CPU autocast to bfloat16; its ``grad_rel_diff`` is against float32
 fewshot), ``fewshot[compile]`` (``torch.compile`` of the per-task meta-gradient), ``fewshot[vmap]`` (the tasks of
-the meta-batch in one ``torch.func.vmap`` call, BatchNorm from primitives: :mod:`fewshot.nets.norm`).
+the meta-batch in one ``torch.func.vmap`` call, BatchNorm from primitives: :mod:`fewshot.nets.norm`),
+``fewshot[cudagraphs]`` (``torch.compile`` with ``mode="reduce-overhead"``: the per-task step replayed as a CUDA
+graph; ``--device cuda`` only).
+
+``--device cuda`` times each step to the end of its kernels (``torch.cuda.synchronize``) and reports as
+``peak_mb`` the GPU memory a step allocates beyond the weights and episodes it holds.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from torch.nn import functional as F  # noqa: E402
 ALGOS = ("maml", "fomaml", "anil", "reptile", "protonet")
 PEERS = ("learn2learn", "higher")
 PEER_ALGOS = ("maml", "fomaml")               # the step each peer library offers as such
-VARIANTS = ("checkpoint", "bf16", "compile", "vmap")
+VARIANTS = ("checkpoint", "bf16", "compile", "vmap", "cudagraphs")
 ROW_KEYS = ("library", "algo", "net", "ways", "shots", "meta_batch", "order", "tasks_per_s", "peak_mb",
             "gflops", "grad_rel_diff")
 
@@ -79,6 +84,7 @@ class Setting:
     seed: int
     threads: int
     compare: bool = True      # compute grad_rel_diff (the first round of a row only)
+    device: str = "cpu"       # where the step computes (episodes are stacked on the CPU, then moved)
 
     @property
     def base_library(self) -> str:
@@ -124,7 +130,7 @@ def make_learner(s: Setting):
         if not isinstance(learner, GradientLearner) or learner.first_order:
             raise ValueError("fewshot[checkpoint] applies to second-order gradient learners (maml, anil)")
         learner.set_execution(vectorize=learner.execution.vectorize, checkpoint_inner=True)
-    return learner, config
+    return learner.to(s.device), config
 
 
 def make_batch(s: Setting):
@@ -134,7 +140,7 @@ def make_batch(s: Setting):
     from fewshot.tasks.sampler import ClassificationTasks
 
     tasks = ClassificationTasks(load_omniglot("background"), s.ways, s.shots, s.queries, seed=s.seed)
-    return stack_episodes([tasks[i] for i in range(s.meta_batch)])
+    return stack_episodes([tasks[i] for i in range(s.meta_batch)]).to(s.device)
 
 
 # -- meta-steps: fewshot, its variants, the peers, the plain-autograd reference ----------------
@@ -181,9 +187,10 @@ def higher_meta_backward(model, batch, inner_lr: float, steps: int, first_order:
                 p.grad = g if p.grad is None else p.grad + g
 
 
-def compiled_meta_backward(learner):
-    """fewshot's MAML step with the per-task meta-gradient under ``torch.compile``: the inner and
-    outer gradients as ``torch.func.grad`` of ``torch.func.grad``, traced and fused by Inductor."""
+def compiled_meta_backward(learner, mode: str | None = None):
+    """fewshot's MAML step with the per-task meta-gradient under ``torch.compile`` (``mode`` is its mode,
+    e.g. ``"reduce-overhead"`` for CUDA graphs): the inner and outer gradients as ``torch.func.grad`` of
+    ``torch.func.grad``, traced and fused by Inductor."""
     from torch.func import grad
 
     def support_loss(fast, x, y):
@@ -197,7 +204,7 @@ def compiled_meta_backward(learner):
             fast = {n: p - learner.inner_lr * g[n] if n in learner.adapt_names else p for n, p in fast.items()}
         return F.cross_entropy(learner.predict(fast, qx), qy)
 
-    meta_grad = torch.compile(grad(query_loss))
+    meta_grad = torch.compile(grad(query_loss), mode=mode)
     params = dict(learner.model.named_parameters())
 
     def meta_backward(batch):
@@ -226,15 +233,18 @@ def make_step(s: Setting) -> tuple[Callable[[], None], list[torch.Tensor], Calla
     elif library == "higher":
         params = list(model.parameters())
         run = lambda: higher_meta_backward(model, batch, config.inner_lr, config.inner_steps, first_order)  # noqa: E731
-    elif variant == "compile":
+    elif variant in ("compile", "cudagraphs"):
         if s.algo not in ("maml", "anil"):
-            raise ValueError("fewshot[compile] applies to second-order maml and anil")
-        meta_backward = compiled_meta_backward(learner)
+            raise ValueError(f"fewshot[{variant}] applies to second-order maml and anil")
+        if variant == "cudagraphs" and torch.device(s.device).type != "cuda":
+            raise ValueError("fewshot[cudagraphs] replays CUDA graphs; run it with --device cuda")
+        meta_backward = compiled_meta_backward(learner, "reduce-overhead" if variant == "cudagraphs" else None)
         params, run = list(model.parameters()), lambda: meta_backward(batch)
     else:
         params = list(learner.parameters())
         run = lambda: learner.meta_backward(batch)  # noqa: E731
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16" else contextlib.nullcontext())
+    autocast = (torch.autocast(torch.device(s.device).type, dtype=torch.bfloat16) if variant == "bf16"
+                else contextlib.nullcontext())
 
     def step() -> None:
         for p in params:
@@ -279,17 +289,27 @@ def run_worker(s: Setting) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(s.threads)
+    cuda = torch.device(s.device).type == "cuda"
     step, params, expected = make_step(s)
     baseline = _max_rss_mb()
     own_baseline = baseline > _INHERITED_MAXRSS / (2**20 if sys.platform == "darwin" else 2**10)
     for _ in range(s.warmup):
         step()
+    if cuda:
+        torch.cuda.synchronize(s.device)
+        torch.cuda.reset_peak_memory_stats(s.device)
+        resident = torch.cuda.memory_allocated(s.device)
     times = []
     for _ in range(s.repeats):
         start = time.perf_counter()
         step()
+        if cuda:
+            torch.cuda.synchronize(s.device)     # kernels are asynchronous: time them to their end
         times.append(time.perf_counter() - start)
-    peak = _max_rss_mb() - baseline if own_baseline else float("nan")
+    if cuda:     # GPU memory a step allocates beyond the weights and episodes held
+        peak = (torch.cuda.max_memory_allocated(s.device) - resident) / 2**20
+    else:
+        peak = _max_rss_mb() - baseline if own_baseline else float("nan")
     counter = FlopCounterMode(display=False)
     with counter:
         step()
@@ -312,18 +332,21 @@ def _spawn(s: Setting) -> dict:
 
 
 # -- the parent ------------------------------------------------------------------------------
-def matmul_gflops(threads: int, size: int = 1024, repeats: int = 10) -> float:
-    """This machine's float32 matrix-multiply rate: the fastest of ``repeats`` ``size``^3 products
+def matmul_gflops(threads: int, size: int = 1024, repeats: int = 10, device: str = "cpu") -> float:
+    """The device's float32 matrix-multiply rate: the fastest of ``repeats`` ``size``^3 products
     (the best the cores give; on a shared machine the median says more about the other load)."""
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(size, size, generator=g), torch.randn(size, size, generator=g)
+    a, b = (torch.randn(size, size, generator=g).to(device) for _ in range(2))
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     for _ in range(2):
         a @ b
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - start)
     return 2 * size**3 / min(times) / 1e9
 
@@ -348,7 +371,8 @@ def settings(args: argparse.Namespace) -> list[list[Setting]]:
                 elif algo in PEER_ALGOS:
                     libraries += [v for v in variants if v in ("fewshot[bf16]", "fewshot[vmap]")]
                 groups.append([Setting(lib, algo, net, ways, args.shots, args.queries, meta_batch, args.inner_steps,
-                                       args.repeats, args.warmup, args.seed, args.threads) for lib in libraries])
+                                       args.repeats, args.warmup, args.seed, args.threads,
+                                       device=str(getattr(args, "device", "cpu"))) for lib in libraries])
     return groups
 
 
@@ -374,10 +398,12 @@ def measure(group: list[Setting], rounds: int) -> list[dict]:
 
 def _print_table_header(args, rate: float, peers: list[str]) -> None:
     print(f"fewshot bench speed: Omniglot background episodes 28x28, {args.shots}-shot, {args.queries} queries, "
-          f"recipe settings; torch {torch.__version__}, {args.threads} thread(s); median of {args.repeats} "
+          f"recipe settings; torch {torch.__version__}, {args.device}, {args.threads} thread(s); median of {args.repeats} "
           f"meta-steps after {args.warmup} warm-up, over {args.rounds} interleaved round(s)")
     print(f"float32 matmul rate measured in this run: {rate:.1f} GFLOP/s; peers installed: "
-          f"{', '.join(peers) or 'none'}; peak_mb = ru_maxrss growth in a fresh process")
+          f"{', '.join(peers) or 'none'}; peak_mb = "
+          + ("GPU memory a step allocates beyond what it holds" if str(args.device).startswith("cuda")
+             else "ru_maxrss growth in a fresh process"))
     print(f"{'library':<20} {'algo':<8} {'net':<8} {'ways':>4} {'T':>3} {'ord':>3} {'step_s':>7} {'tasks/s':>8} "
           f"{'peak_mb':>8} {'GFLOP/s':>8} {'of mm':>6} {'grad_rel_diff':>13}", flush=True)
 
@@ -406,7 +432,10 @@ def _print_ratios(rows: list[dict]) -> None:
 
 def speed(args: argparse.Namespace) -> list[dict]:
     """Run ``fewshot bench speed`` and print its table (or JSON rows); returns the rows."""
-    rate = matmul_gflops(args.threads)
+    device = str(getattr(args, "device", "cpu"))
+    if "cudagraphs" in args.variants and not device.startswith("cuda"):
+        raise ValueError("--variants cudagraphs replays CUDA graphs; add --device cuda or drop it")
+    rate = matmul_gflops(args.threads, device=device)
     peers = [p for p in available_peers() if p in args.peers]
     if not args.json:
         _print_table_header(args, rate, peers)

@@ -168,13 +168,14 @@ def _bench_parser(sub) -> None:
     speed.add_argument("--variants", type=choices(VARIANTS), default=[],
                        help="fewshot variants to add: checkpoint (inner-loop gradient checkpointing), bf16 "
                             "(autocast), compile (torch.compile; minutes of compilation), vmap (the meta-batch in one "
-                            "torch.func.vmap call)")
+                            "torch.func.vmap call), cudagraphs (torch.compile mode reduce-overhead; --device cuda)")
     speed.add_argument("--repeats", type=positive_int, default=10, help="timed meta-steps per row (default 10)")
     speed.add_argument("--warmup", type=nonnegative_int, default=2, help="untimed steps per process (default 2)")
     speed.add_argument("--rounds", type=positive_int, default=2,
                        help="fresh processes per row, the rows of a configuration taking turns (default 2)")
     speed.add_argument("--seed", type=nonnegative_int, default=0)
     speed.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
+    speed.add_argument("--device", default="cpu", help="where the steps compute: cpu (default), cuda or cuda:N")
     speed.add_argument("--json", action="store_true", help="one JSON object per row")
     rep = kinds.add_parser("reproduce", help="train the papers' recipes (configs/) and print ours beside the "
                                              "published numbers")

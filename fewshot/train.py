@@ -22,6 +22,11 @@ atomically; a log line cut short is dropped). Ctrl-C or SIGTERM writes ``checkpo
 
 Under ``torchrun`` each meta-batch is split across the processes (:mod:`fewshot.distributed`); rank 0
 alone writes the run directory and validates.
+
+A learner with a ``meta_update(batch, optimizer, lr=, total_tasks=) -> metrics`` method makes its own update
+of each meta-batch (the meta-RL learners: TRPO's line search, ProMP's several outer steps), with the
+trainer's optimizer and learning rate at hand, instead of ``meta_backward`` followed by the trainer's step;
+checkpoints, resume and validation are the same.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from fewshot.files import atomic_write, remove_partial_writes
 from fewshot.learners.base import Learner
 from fewshot.progress import progress_bar
 from fewshot.tasks.episode import stack_episodes
+from fewshot.tasks.sampler import ClassificationTasks
 
 
 class RunError(ValueError):
@@ -228,6 +234,8 @@ class Trainer:
         elif self.settings.seed is not None:
             torch.manual_seed(self.settings.seed)
         self.learner = learner.to(self.device)
+        if self.device.type == "cuda" and isinstance(tasks, ClassificationTasks) and tasks.in_memory:
+            tasks = tasks.to(self.device)    # episodes gathered on the GPU from the examples held there
         self.episodes, self.val_tasks = tasks, val_tasks
         self.train_tasks = learner.training_tasks(tasks)
         params = [p for p in self.learner.parameters() if p.requires_grad]
@@ -380,6 +388,14 @@ class Trainer:
         first = self.step * cfg.meta_batch
         mine = task_slice(cfg.meta_batch, self.ranks.rank, self.ranks.world)
         batch = stack_episodes([self.train_tasks[first + t] for t in mine]).to(self.device)
+        update = getattr(self.learner, "meta_update", None)
+        if update is not None:     # a learner that makes its own update (TRPO's line search, ProMP's outer steps)
+            self._updating = True
+            with self.learner.normalisation():
+                metrics = update(batch, self.optimizer, lr=cfg.learning_rate(self.step), total_tasks=cfg.meta_batch)
+            if self.average is not None:
+                self.average.update_parameters(self.learner)
+            return metrics
         self.optimizer.zero_grad(set_to_none=True)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         with torch.autocast(params[0].device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"), \

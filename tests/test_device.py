@@ -172,3 +172,55 @@ def test_every_kind_of_learner_trains_a_step_on_the_gpu(algo, tmp_path, monkeypa
     gpu_score = json.loads(out)["mean"]
     code, out, err = cli(["eval", tmp_path / algo, "--episodes", 5, "--json"], capsys)
     assert json.loads(out)["mean"] == pytest.approx(gpu_score, abs=0.02)   # a tie broken the other way at most
+
+
+def _omniglot_tasks():
+    from fewshot.datasets.omniglot import load_omniglot
+    from fewshot.tasks.sampler import ClassificationTasks
+
+    return ClassificationTasks(load_omniglot("background"), ways=5, shots=1, queries=3, seed=4)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=gpu)])
+def test_episodes_gathered_on_the_device_are_the_cpus(device):
+    tasks = _omniglot_tasks()
+    held = tasks.to(device)
+    assert held.data.x.device.type == device and tasks.data.x.device.type == "cpu"
+    for i in (0, 7):
+        ours, expected = held[i], tasks[i]
+        assert ours.support_x.device.type == device
+        assert torch.equal(ours.support_x.cpu(), expected.support_x) and torch.equal(ours.query_y, expected.query_y)
+
+
+def test_episodes_of_a_map_style_dataset_are_not_held_on_a_device():
+    from fewshot.tasks.sampler import ClassificationTasks
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.full((1, 4, 4), float(i)), i % 2
+
+    tasks = ClassificationTasks(Items(), ways=2, shots=1, queries=1)
+    assert not tasks.in_memory
+    with pytest.raises(ValueError, match="load the examples into fewshot.LabelledData"):
+        tasks.to("cpu")
+
+
+@gpu
+def test_the_vectorised_meta_step_with_batchnorm_on_the_gpu_is_the_loops():
+    from fewshot.learners.gradient import MAML
+    from fewshot.nets import Conv4
+
+    torch.manual_seed(0)
+    net = Conv4(out_features=5, hidden=16, variant="strided").double().cuda()
+    batch = stack_episodes([_omniglot_tasks()[i] for i in range(4)]).to("cuda")
+    batch = type(batch)(batch.support_x.double(), batch.support_y, batch.query_x.double(), batch.query_y)
+    grads = []
+    for vectorize in (False, True):
+        learner = MAML(net, 0.4, 1).set_execution(vectorize=vectorize)
+        learner.zero_grad()
+        learner.meta_backward(batch)
+        grads.append(torch.cat([p.grad.flatten() for p in learner.parameters()]))
+    assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 1e-10

@@ -8,6 +8,7 @@ the examples an episode draws. Both answer ``y``, ``num_classes``, ``class_names
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -101,8 +102,12 @@ class LabelledData(_Labels):
         return cls(_as_tensor(x, "x"), labels, names)
 
     def take(self, indices: torch.Tensor) -> torch.Tensor:
-        """The inputs of examples ``indices [n]``: ``[n, ...]``."""
-        return self.x[indices]
+        """The inputs of examples ``indices [n]``: ``[n, ...]``, on the device the inputs are held on."""
+        return self.x[indices.to(self.x.device)]
+
+    def to(self, device: torch.device | str) -> "LabelledData":
+        """These examples with the inputs held on ``device`` (labels stay on the CPU, where episodes are drawn)."""
+        return dataclasses.replace(self, x=self.x.to(device))
 
     def select_classes(self, keep: Sequence[int]) -> "LabelledData":
         """The subset of these classes, in the order given, relabelled ``0..len(keep) - 1``."""

@@ -10,10 +10,12 @@ episode draws are loaded), from a pair of tensors or NumPy arrays, or from the l
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch.utils.data import Dataset
 
-from fewshot.datasets.labelled import as_examples
+from fewshot.datasets.labelled import LabelledData, as_examples
 from fewshot.tasks.augment import random_affine
 from fewshot.tasks.episode import Episode
 from fewshot.tasks.seeding import generator
@@ -105,6 +107,22 @@ class ClassificationTasks(Dataset):
         if self.distort:
             support_x, query_x = random_affine(support_x, g), random_affine(query_x, g)
         return Episode(support_x, labels[:, : self.shots].reshape(-1), query_x, labels[:, self.shots:].reshape(-1))
+
+    @property
+    def in_memory(self) -> bool:
+        """The examples are tensors in memory (:class:`~fewshot.datasets.labelled.LabelledData`), not items of a
+        map-style ``Dataset`` loaded one by one."""
+        return isinstance(self.data, LabelledData)
+
+    def to(self, device: torch.device | str) -> "ClassificationTasks":
+        """The same episodes, with the examples held on ``device`` and each episode gathered there by index
+        (class and example draws stay on the CPU), so a GPU is not kept waiting for images copied to it."""
+        if not self.in_memory:
+            raise ValueError("episodes of a map-style Dataset are loaded item by item on the CPU; load the examples "
+                             "into fewshot.LabelledData(x, y) to hold them on the device")
+        moved = copy.copy(self)
+        moved.data = self.data.to(device)
+        return moved
 
     def episode_classes(self, index: int) -> list[int]:
         """The dataset class ids of episode ``index``, in label order (label j is class ``[j]``)."""
