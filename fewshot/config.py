@@ -282,7 +282,8 @@ class RunConfig:
         spec, domain = self.learner_spec, self.domain
         if domain.task not in spec.tasks:
             able = [n for n, s in LEARNERS.items() if domain.task in s.tasks]
-            raise ValueError(f"{self.algo} is a classifier; {self.dataset} is {domain.task}: choose one of "
+            kind = "a classifier" if spec.tasks == ("classification",) else f"for {' and '.join(spec.tasks)} tasks"
+            raise ValueError(f"{self.algo} is {kind}; {self.dataset} is {domain.task}: choose one of "
                              f"{', '.join(able)}")
         if spec.nets == () and domain.images:      # a learner without a net reads the inputs as feature vectors
             vectors = [n for n, d in DOMAINS.items() if not d.images and d.task in spec.tasks]

@@ -10,7 +10,10 @@ averaged first, and the result is the mean and standard error over tasks.
 
 With ``calibration=True`` a classifier's result also carries its calibration (:mod:`fewshot.calibration`:
 ECE, MCE, NLL and Brier score of the softmax of its query outputs, pooled over the episodes' query predictions
-with percentile-bootstrap intervals over episodes; for assays, each task's metrics averaged over tasks).
+with percentile-bootstrap intervals over episodes; for assays, each task's metrics averaged over tasks, and the
+enrichment of actives among the top 10 % of each task's query molecules ranked by expected activity and, for a
+learner with a posterior, by an upper confidence bound, :mod:`fewshot.uncertainty`). A regression learner with
+predictive intervals (``predict_interval``) is also scored by their coverage and width (:mod:`fewshot.uncertainty`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fewshot import calibration as calib
+from fewshot import uncertainty
 from fewshot.faults import pause_point
 from fewshot.learners.base import Learner, metric_name, task_metric
 from fewshot.metrics import class1_scores, delta_auprc, roc_auc
@@ -35,7 +39,10 @@ from fewshot.tasks.episode import Episode
 class EvalResult:
     """``mean`` and ``ci95 = 1.96 * std / sqrt(n)`` of the per-episode metric ``values`` (or, when ``tasks``
     names them, of the per-task means of ``scored`` episodes); ``calibration``: the
-    :class:`~fewshot.calibration.Calibration` of ``evaluate(..., calibration=True)`` (else None)."""
+    :class:`~fewshot.calibration.Calibration` of ``evaluate(..., calibration=True)`` (else None);
+    ``uncertainty``: ``{"coverage", "interval_width"}`` of a regression learner with intervals, or the assays'
+    ``{"enrichment_expected", "enrichment_ucb"}`` with ``calibration=True`` (:mod:`fewshot.uncertainty`; else
+    None)."""
 
     metric: str
     mean: float
@@ -44,6 +51,7 @@ class EvalResult:
     tasks: tuple[str, ...] = field(default=(), repr=False)
     scored: int | None = None
     calibration: calib.Calibration | None = field(default=None, repr=False)
+    uncertainty: dict[str, float] | None = field(default=None, repr=False)
 
     @property
     def episodes(self) -> int:
@@ -127,6 +135,9 @@ def evaluate(learner: Learner, tasks: Dataset, episodes: int | None = 600, inner
         ``0.7351 ± 0.0143 (600 episodes)``.
     """
     episodes = episode_count(tasks, episodes)
+    score = getattr(tasks, "score", None)
+    if score is not None:       # a source that scores learners itself: meta-RL tasks (fewshot.domains.rl.RLTasks)
+        return score(learner, episodes, inner_steps)
     if calibration and learner.task != "classification":
         raise ValueError(f"calibration metrics need class probabilities; this learner does {learner.task} "
                          f"({metric_name(learner.task)})")
@@ -138,22 +149,34 @@ def evaluate(learner: Learner, tasks: Dataset, episodes: int | None = 600, inner
     per_task: dict[str, list[float]] = {}
     stats: list[torch.Tensor] = []                   # calibration statistics of each episode
     task_stats: dict[str, torch.Tensor] = {}         # ... summed over each assay task's episodes
+    intervals = uncertainty.has_intervals(learner)
+    interval_stats = torch.zeros(3, dtype=torch.float64)
+    enrichments: dict[str, dict[str, list[float]]] = {}     # score -> task -> enrichment of each episode
     for i, episode, outputs in scored_episodes(learner, tasks, episodes, inner_steps, progress):
         if ranking is None:
             values.append(task_metric(outputs, episode.query_y, learner.task))
             if calibration:
                 stats.append(calib.episode_statistics(outputs, episode.query_y))
+            if intervals:
+                interval_stats += uncertainty.episode_interval_statistics(learner, episode.to(learner.device),
+                                                                          inner_steps)
         else:
             task = tasks.episode_task(i)
             per_task.setdefault(task, []).append(_ranking_score(ranking, outputs, episode))
             if calibration:
                 row = calib.episode_statistics(outputs, episode.query_y, binary=True)
                 task_stats[task] = task_stats[task] + row if task in task_stats else row
+                for name, score in uncertainty.ranking_scores(learner, episode, outputs).items():
+                    enrichments.setdefault(name, {}).setdefault(task, []).append(
+                        uncertainty.enrichment(score, episode.query_y))
     if ranking is None:
         mean, ci95 = confidence_interval(values)
         scores = calib.pooled(torch.stack(stats)) if calibration else None
-        return EvalResult(metric_name(learner.task), mean, ci95, tuple(values), calibration=scores)
+        return EvalResult(metric_name(learner.task), mean, ci95, tuple(values), calibration=scores,
+                          uncertainty=uncertainty.coverage_summary(interval_stats) if intervals else None)
     means = [sum(v) / len(v) for v in per_task.values()]
     mean, ci95 = confidence_interval(means)
     scores = calib.task_mean(torch.stack([task_stats[t] for t in per_task])) if calibration else None
-    return EvalResult(ranking, mean, ci95, tuple(means), tuple(per_task), scored=episodes, calibration=scores)
+    return EvalResult(ranking, mean, ci95, tuple(means), tuple(per_task), scored=episodes, calibration=scores,
+                      uncertainty={f"enrichment_{name}": uncertainty.task_mean_enrichment(by_task)
+                                   for name, by_task in enrichments.items()} or None)

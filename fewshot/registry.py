@@ -98,6 +98,7 @@ class BuildContext:
         task: ``"classification"`` or ``"regression"``.
         input_shape: one example's shape, e.g. ``(1, 28, 28)``.
         seed: the run's seed.
+        family: the task family of a meta-RL run (:class:`fewshot.rl.family.TaskFamily`; ``None`` otherwise).
     """
 
     net: Callable[..., nn.Module]
@@ -106,6 +107,7 @@ class BuildContext:
     task: str
     input_shape: tuple[int, ...]
     seed: int
+    family: Any = None
 
 
 @dataclass(frozen=True)

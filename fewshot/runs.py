@@ -31,7 +31,9 @@ def build_learner(config: RunConfig) -> Learner:
             raise ValueError(f"{config.algo} uses no net")
         return NETS[config.net].build(model, shape, out_features)
 
-    context = BuildContext(net, model, config.ways, config.domain.task, shape, config.seed)
+    ways = config.ways if config.applies("ways") else 0      # meta-RL runs have no ways
+    context = BuildContext(net, model, ways, config.domain.task, shape, config.seed,
+                           family=config.domain.task_family(config))
     return config.learner_spec.build(config.sections["learner"], context)
 
 

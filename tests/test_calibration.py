@@ -281,7 +281,7 @@ def test_molecule_eval_calibration_and_calibrate(tmp_path, tmp_path_factory, cap
         code, out, err = cli([*argv, "--calibration"], capsys)
         assert code == 0, err
         result = last_json(out)
-        assert set(result) == set(plain) | KEYS and {k: result[k] for k in plain} == plain
+        assert set(result) == set(plain) | KEYS | {"enrichment_expected"} and {k: result[k] for k in plain} == plain
         assert 0 <= result["ece"] <= 1 and 0 <= result["brier"] <= 1 and result["tasks"] == 3
         code, out, err = cli(["calibrate", run, "--data-root", MOLECULES, "--json"], capsys)
         assert code == 0, err

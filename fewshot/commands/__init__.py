@@ -3,8 +3,9 @@
 Each module named in :data:`COMMANDS` holds one subcommand and defines
 
 - ``NAME``: the word after ``fewshot``;
-- ``add_parser(sub, parser_class)``: add its parser with ``sub.add_parser(NAME, ..., parser_class=parser_class)``
-  (``parser_class`` makes usage errors one line);
+- ``add_parser(sub, parser_class)``: add its parser with ``sub.add_parser(NAME, help=...)`` (already a parser
+  whose usage errors are one line); ``parser_class`` is that class, for a command's own nested subcommands
+  (``parser.add_subparsers(..., parser_class=parser_class)``);
 - ``run(args)``: do it. Bad input raises :class:`ValueError` (or :class:`FileNotFoundError`) with a message that
   names the problem and the fix; :func:`fewshot.cli.main` prints it as one line and exits with status 2.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("optimize", "design", "report", "explain", "study")
 
 
 def command_modules() -> list[ModuleType]:

@@ -5,6 +5,8 @@ runs are scored (:class:`~fewshot.domains.base.Domain`). A new domain is one mod
 """
 
 from fewshot.domains import images, molecules, omniglot, sinusoid  # noqa: F401  (registers)
+from fewshot.domains import rl  # noqa: F401  (registers nav2d)
+from fewshot.domains import locomotion, metaworld  # noqa: F401  (cheetah-vel/dir, Meta-World)
 from fewshot.domains.base import Domain, EpisodeDomain, ImageDomain
 
 __all__ = ["Domain", "EpisodeDomain", "ImageDomain"]

@@ -27,6 +27,7 @@ from fewshot.calibration import reliability_diagram
 from fewshot.evaluate import EvalResult, evaluate
 from fewshot.files import atomic_write
 from fewshot.registry import LEARNERS
+from fewshot.report.records import record_eval
 from fewshot.tasks.seeding import derive_seed
 
 TRAIN_SEED_KEY, VAL_SEED_KEY = 0, 1     # episode streams of a run: derive_seed(seed, key)
@@ -69,6 +70,10 @@ class Domain:
 
     def image_side(self, config) -> int | None:
         """The side images are given at (``None``: not images)."""
+        return None
+
+    def task_family(self, config) -> Any:
+        """The environments' task family of a meta-RL domain (:mod:`fewshot.domains.rl`; ``None``: not RL)."""
         return None
 
     # -- command-line flags --------------------------------------------------------------------
@@ -130,6 +135,8 @@ class EpisodeDomain(Domain):
         res = evaluate(learner, tasks, config.test_episodes, inner_steps=config.test_inner_steps, progress=True)
         summary = self.summary(res, config, name, config.ways, config.shots)
         atomic_write(out / "test.json", (json.dumps(summary) + "\n").encode())
+        record_eval(out, summary, res, seed=0, queries=config.queries if config.applies("queries") else None,
+                    inner_steps=config.test_inner_steps)
         print(f"test {res.metric}: {res.mean:.4f} ± {res.ci95:.4f} ({res.episodes} episodes, "
               f"{config.ways}-way {config.shots}-shot, {name})")
 
@@ -152,6 +159,9 @@ class EpisodeDomain(Domain):
         summary = self.summary(res, cfg, name, args.ways or cfg.ways, args.shots or cfg.shots)
         name += self.describe(args, summary)
         second = report_calibration(args, res, summary, f"{cfg.algo} {name}")
+        if len(run_dirs) == 1:          # RUN/evals.jsonl: what `fewshot report` draws test results from
+            record_eval(run_dirs[0], summary, res, seed=seed, inner_steps=steps,
+                        queries=args.queries or (cfg.queries if cfg.applies("queries") else None))
         if args.json:
             print(json.dumps(summary))
         else:

@@ -14,7 +14,10 @@ Results are the mean ± standard error over tasks of ΔAUPRC (FS-Mol) or ROC-AUC
 ``{"metric", "mean", "stderr", "tasks", "support_size"}`` (plus ``support_pos`` and ``support_neg`` for explicit
 supports) as the last line. ``--calibration`` adds ``ece, mce, nll, brier`` and their ``*_ci95``: the binary
 metrics of the activity probability (top-label confidence ``max(p, 1 - p)``, the Brier score ``(p - y)^2``)
-over each task's query predictions, averaged over tasks, the intervals ``1.96 *`` the standard error over tasks.
+over each task's query predictions, averaged over tasks, the intervals ``1.96 *`` the standard error over tasks;
+and the enrichment of actives among the top 10 % of each task's query molecules (:mod:`fewshot.uncertainty`),
+ranked by expected activity (``enrichment_expected``) and, for a learner with a posterior (DKT), by the upper
+confidence bound of the active class's latent (``enrichment_ucb``), averaged over draws, then tasks.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from fewshot.domains.base import Domain, episode_seeds, note, report_calibration
 from fewshot.evaluate import evaluate
 from fewshot.files import atomic_write
 from fewshot.registry import register_domain
+from fewshot.report.records import record_eval
 from fewshot.tasks.assays import AssayTasks, SupportSpec
 
 HOLDOUT_SEED = 0
@@ -262,7 +266,9 @@ class Molecules(Domain):
         name, tasks = self.test_tasks(config, split)
         res = evaluate(learner, tasks, None, inner_steps=config.test_inner_steps, progress=True)
         support = config.support_spec()
-        atomic_write(out / "test.json", (json.dumps({**_summary(res, support), "split": name}) + "\n").encode())
+        summary = {**_summary(res, support), "split": name}
+        atomic_write(out / "test.json", (json.dumps(summary) + "\n").encode())
+        record_eval(out, summary, res, seed=0, inner_steps=config.test_inner_steps)
         print(f"test {_line(res, name, support, config.test_inner_steps)}")
 
     def evaluate_runs(self, args, learner, configs, run_dirs, steps) -> None:
@@ -288,6 +294,9 @@ class Molecules(Domain):
                        calibration=wants_calibration(args))
         summary = _summary(res, support)
         second = report_calibration(args, res, summary, f"{cfg.algo} {name}, support {support.describe()}")
+        if len(run_dirs) == 1:          # RUN/evals.jsonl: what `fewshot report` draws per-assay figures from
+            record_eval(run_dirs[0], {**summary, "split": name}, res, seed=args.seed if args.seed is not None else 0,
+                        inner_steps=steps)
         if args.json:
             print(json.dumps(summary))
         else:
@@ -302,6 +311,7 @@ def _summary(res, support: SupportSpec) -> dict:
                "support_size": support.size if support.size is not None else support.positives + support.negatives}
     if support.size is None:
         summary.update(support_pos=support.positives, support_neg=support.negatives)
+    summary.update(res.uncertainty or {})
     return summary
 
 

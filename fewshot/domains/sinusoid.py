@@ -1,4 +1,9 @@
-"""Sinusoid regression (Finn et al. 2017, section 5.1): its options, recipes and task sources."""
+"""Sinusoid regression (Finn et al. 2017, section 5.1): its options, recipes and task sources.
+
+A learner with a predictive distribution (DKT, BMAML) is also scored by its 95 % intervals: ``fewshot eval
+RUN --json`` adds ``"coverage"`` (the fraction of query targets inside their interval) and ``"interval_width"``
+(the mean width) beside ``"mse"`` (:mod:`fewshot.uncertainty`).
+"""
 
 from __future__ import annotations
 
@@ -44,6 +49,9 @@ class Sinusoid(EpisodeDomain):
 
     def input_shape(self, config) -> tuple[int, ...]:
         return (1,)
+
+    def summary(self, res, config, split, ways, shots):
+        return {**super().summary(res, config, split, ways, shots), **(res.uncertainty or {})}
 
     def train_tasks(self, config) -> SinusoidTasks:
         return SinusoidTasks(config.shots, config.train_queries or config.queries, seed=episode_seeds(config)[0])

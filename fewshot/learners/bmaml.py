@@ -18,6 +18,14 @@ steps (second order: the support gradients are kept in the graph with ``create_g
 
 :meth:`BMAML.predict` returns the log of the particles' mean class probabilities, so the evaluator's softmax of
 them is the posterior predictive, and the base class's cross-entropy of them is the meta-loss above.
+
+Regression (``task="regression"``): ``log p(theta | support) = - mean squared error of the support set`` in the
+inner loop (again one particle is MAML), and the posterior predictive of a target is the equal-weight mixture
+``(1/M) sum_m N(f(x; theta_n^m), sigma^2)`` with a Gaussian observation noise ``sigma`` that is meta-learned
+(one number, initialised at ``noise``, trained by the meta-loss; ``learn_noise=False`` keeps it fixed). The
+meta-loss of a task is the query NLL of that mixture; :meth:`BMAML.predict` returns its mean (the particles'
+mean prediction) ``[Q, d]``, and :meth:`BMAML.predict_interval` its central 95 % interval
+(:func:`fewshot.uncertainty.mixture_interval`).
 """
 
 from __future__ import annotations
@@ -29,9 +37,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fewshot.learners.base import Learner, task_loss
+from fewshot.learners.base import Learner, Task, metric_name, task_loss, task_metric
 from fewshot.learners.gradient import Params, check_inner_loop, functional_forward, parameter_slots
 from fewshot.registry import BuildContext, register_learner
+from fewshot.tasks.episode import Episode
+from fewshot.uncertainty import PredictiveInterval, mixture_interval
 
 
 def svgd_step(particles: torch.Tensor, grads_logp: torch.Tensor, step_size: float) -> torch.Tensor:
@@ -60,18 +70,29 @@ class BMAML(Learner):
         inner_steps: SVGD steps during meta-training (``adapt(steps=)`` overrides).
         particles: the number of particles ``M`` (``M = 1`` is MAML).
         seed: seeds the re-initialisation of particles ``1..M-1``.
+        task: ``"classification"`` (logits ``[B, N]``) or ``"regression"`` (values ``[B, d]``).
+        noise: regression: the observation noise's standard deviation ``sigma`` (its initial value when learned).
+        learn_noise: regression: meta-learn ``sigma`` (module docstring).
         batchnorm: ``"batch"`` or ``"running"`` (:mod:`fewshot.learners.base`).
     """
 
-    task = "classification"
-
     def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1, particles: int = 5, *,
-                 seed: int = 0, batchnorm: str = "batch"):
+                 seed: int = 0, task: Task = "classification", noise: float = 0.1, learn_noise: bool = True,
+                 batchnorm: str = "batch"):
         super().__init__(batchnorm=batchnorm)
         check_inner_loop(inner_lr, inner_steps, None)
         if not isinstance(particles, int) or particles < 1:
             raise ValueError(f"particles must be an integer >= 1, got {particles!r}")
         self.model, self.inner_lr, self.inner_steps, self.num_particles = model, inner_lr, inner_steps, particles
+        self.task = task
+        if task == "regression":
+            if not (noise > 0 and math.isfinite(noise)):
+                raise ValueError(f"noise (the observation noise's standard deviation) must be > 0, got {noise}")
+            log_noise = torch.tensor(math.log(noise))
+            if learn_noise:
+                self.log_noise = nn.Parameter(log_noise)
+            else:
+                self.register_buffer("log_noise", log_noise)
         self._slots = parameter_slots(model)
         self.adapt_names = [n for n, p in model.named_parameters() if p.requires_grad]
         if not self.adapt_names:
@@ -131,10 +152,40 @@ class BMAML(Learner):
         steps = self.inner_steps if steps is None else steps
         return self.inner_loop(self.initial_particles(), support_x, support_y, steps)
 
+    def particle_outputs(self, adapted: list[Params], query_x: torch.Tensor) -> torch.Tensor:
+        """Each particle's outputs ``[M, Q, N]`` (logits) or ``[M, Q, d]`` (values)."""
+        return torch.stack([self.forward_with(p, query_x) for p in adapted])
+
     def predict(self, adapted: list[Params], query_x: torch.Tensor) -> torch.Tensor:
-        """``log (1/M) sum_m softmax(logits_m)`` ``[Q, N]``: the log posterior predictive."""
-        logp = torch.stack([torch.log_softmax(self.forward_with(p, query_x), dim=-1) for p in adapted])
-        return torch.logsumexp(logp, dim=0) - math.log(len(adapted))
+        """Classification: ``log (1/M) sum_m softmax(logits_m)`` ``[Q, N]``, the log posterior predictive;
+        regression: the particles' mean prediction ``[Q, d]``."""
+        outputs = self.particle_outputs(adapted, query_x)
+        if self.task == "regression":
+            return outputs.mean(0)
+        return torch.logsumexp(torch.log_softmax(outputs, dim=-1), dim=0) - math.log(len(adapted))
+
+    @property
+    def noise(self) -> torch.Tensor:
+        """Regression: the observation noise's standard deviation ``sigma`` (a scalar tensor)."""
+        return self.log_noise.exp()
+
+    def predict_interval(self, adapted: list[Params], query_x: torch.Tensor, level: float = 0.95
+                         ) -> PredictiveInterval:
+        """Regression: the mean and central ``level`` interval of the mixture predictive, each ``[Q, d]``."""
+        if self.task != "regression":
+            raise ValueError("predictive intervals are for regression; this BMAML learner classifies")
+        return mixture_interval(self.particle_outputs(adapted, query_x), self.noise, level)
+
+    def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
+        """Classification: the query cross-entropy of the posterior predictive; regression: the query NLL of the
+        mixture ``(1/M) sum_m N(f_m(x), sigma^2)`` (mean over targets), with the MSE of its mean as the metric."""
+        if self.task != "regression":
+            return super().episode_loss(episode)
+        outputs = self.particle_outputs(self.adapt(episode.support_x, episode.support_y), episode.query_x)
+        log_density = torch.distributions.Normal(outputs, self.noise).log_prob(episode.query_y.unsqueeze(0))
+        loss = -(torch.logsumexp(log_density, dim=0) - math.log(outputs.shape[0])).mean()
+        return loss, {"loss": float(loss.detach()),
+                      metric_name(self.task): task_metric(outputs.mean(0), episode.query_y, self.task)}
 
 
 @dataclass
@@ -145,14 +196,18 @@ class BMAMLOptions:
     inner_steps: int = 1
     eval_inner_steps: int | None = None   # test-time SVGD steps (None: inner_steps)
     particles: int = 5
+    noise: float = 0.1                    # regression: the observation noise's standard deviation (initial)
+    learn_noise: bool = True              # regression: meta-learn it
 
     def validate(self) -> None:
         check_inner_loop(self.inner_lr, self.inner_steps, self.eval_inner_steps)
         if not isinstance(self.particles, int) or self.particles < 1:
             raise ValueError(f"particles must be an integer >= 1, got {self.particles!r}")
+        if not self.noise > 0:
+            raise ValueError(f"noise (the observation noise's standard deviation) must be > 0, got {self.noise}")
 
 
-@register_learner("bmaml", options=BMAMLOptions, tasks=("classification",), head=True)
+@register_learner("bmaml", options=BMAMLOptions, tasks=("classification", "regression"), head=True)
 def _build(options: BMAMLOptions, context: BuildContext) -> BMAML:
     return BMAML(context.net(out_features=context.ways), options.inner_lr, options.inner_steps, options.particles,
-                 seed=context.seed)
+                 seed=context.seed, task=context.task, noise=options.noise, learn_noise=options.learn_noise)

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import torch
 
+from fewshot.tasks.seeding import derive_seed
+
 Task = dict[str, Any]   # a task's parameters, JSON-serialisable (e.g. {"goal": [0.1, -0.3]}, {"velocity": 1.2})
 
 
@@ -71,7 +73,21 @@ class TaskFamily:
         """The task's parameters as a float vector ``[task_dim]`` (the ``oracle`` baseline's extra input)."""
         raise NotImplementedError
 
-    def make(self, tasks: Sequence[Task], episodes: int, seed: int) -> BatchEnv:
+    def make(self, tasks: Sequence[Task], episodes: int, seed: int | Sequence[int]) -> BatchEnv:
         """Environments for ``episodes`` episodes of each of ``tasks`` (``B = len(tasks) * episodes``), their
-        randomness (initial states) seeded by ``seed``."""
+        randomness (initial states) seeded by ``seed``: one int for the whole batch, or one per task, so that a
+        task's episodes do not depend on the other tasks of the batch (what :mod:`fewshot.rl.sampling` passes).
+        :func:`task_seeds` turns either form into one seed per task; seed episode ``e`` of task ``t`` with
+        ``derive_seed(task_seeds(seed, n)[t], e)``."""
         raise NotImplementedError
+
+
+def task_seeds(seed: int | Sequence[int], tasks: int) -> list[int]:
+    """One seed per task from ``make``'s ``seed`` argument: the list itself (checked to have ``tasks`` entries),
+    or ``derive_seed(seed, t)`` for ``t < tasks`` when one int is given."""
+    if isinstance(seed, int):
+        return [derive_seed(seed, t) for t in range(tasks)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != tasks:
+        raise ValueError(f"got {len(seeds)} seeds for {tasks} tasks; pass one seed per task or a single int")
+    return seeds

@@ -1,0 +1,171 @@
+"""The genetic algorithm keeps only valid molecules that meet the constraints, is seeded and resumes exactly; the
+graph operators by hand; the ``fewshot design`` command's outputs and bad input on the FS-Mol fixture."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("rdkit")
+
+from conftest import cli  # noqa: E402
+from fewshot.drug.design import GAConfig, _join, evolve, finish, structure_ok  # noqa: E402
+from fewshot.drug.properties import Constraints, canonical, properties, tanimoto_diversity  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "data" / "molecules"
+SEEDS = ["CC(=O)Nc1ccc(O)cc1", "CC(C)Cc1ccc(cc1)C(C)C(=O)O", "O=C(O)c1ccccc1OC(C)=O", "CCN(CC)CCNC(=O)c1ccc(N)cc1",
+         "Clc1ccc(cc1)C(c1ccccc1)N1CCNCC1", "COc1ccc2[nH]cc(CCN(C)C)c2c1"]
+
+
+def _qed(smiles: list[str]) -> torch.Tensor:
+    from rdkit import Chem
+    from rdkit.Chem import QED
+
+    return torch.tensor([QED.qed(Chem.MolFromSmiles(s)) for s in smiles])
+
+
+def test_join_and_finish_by_hand():
+    from rdkit import Chem
+
+    joined = _join(Chem.MolFromSmiles("CC[1*]"), Chem.MolFromSmiles("[1*]O"))
+    assert finish(joined)[1] == "CCO"
+    ring = _join(Chem.MolFromSmiles("[1*]CCC[2*]"), Chem.MolFromSmiles("[1*]CC[2*]"))   # both ends: a new ring
+    assert finish(ring)[1] == "C1CCCC1"                 # 3 + 2 atoms
+    assert _join(Chem.MolFromSmiles("CC[1*]"), Chem.MolFromSmiles("[2*]O")) is None       # cut numbers must pair
+    five_bonds = Chem.RWMol(Chem.MolFromSmiles("CC(C)(C)(C)C", sanitize=False))
+    assert finish(five_bonds) is None                 # a pentavalent carbon is not a molecule
+    assert not structure_ok(Chem.MolFromSmiles("C1CCCCCCC1"))                # an 8-membered ring
+    assert not structure_ok(Chem.MolFromSmiles("CC=C=CCCC"))                 # an allene
+    assert structure_ok(Chem.MolFromSmiles("c1ccccc1CCO"))
+
+
+def test_constraints_by_hand():
+    c = Constraints(qed_min=0.5, sa_max=3.0, mw=(200, 400), logp=(0, 3))
+    assert c.violations({"qed": 0.6, "sa": 2.0, "mw": 300, "logp": 1}) == []
+    assert c.violations({"qed": 0.4, "sa": 3.5, "mw": 450, "logp": -1}) == ["qed", "sa", "mw", "logp"]
+    with pytest.raises(ValueError, match="the mw range must be LOW,HIGH with LOW <= HIGH"):
+        Constraints(mw=(500, 200))
+
+
+def test_diversity_is_the_mean_pairwise_tanimoto_distance():
+    from rdkit import Chem, DataStructs
+    from rdkit.Chem import rdFingerprintGenerator
+
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
+    fps = [gen.GetFingerprint(Chem.MolFromSmiles(s)) for s in SEEDS[:3]]
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    expected = sum(1 - DataStructs.TanimotoSimilarity(fps[i], fps[j]) for i, j in pairs) / 3
+    assert tanimoto_diversity(SEEDS[:3]) == pytest.approx(expected)
+    assert tanimoto_diversity([SEEDS[0], SEEDS[0]]) == 0.0
+
+
+def test_the_ga_proposes_only_valid_molecules_within_the_constraints():
+    tight = Constraints(qed_min=0.5, sa_max=3.5, mw=(180, 360), logp=(0, 4))
+    st = evolve(SEEDS, _qed, tight, GAConfig(population=40, steps=4, proposals=200, seed=1), progress=False)
+    assert st.products == 160 and len(st.proposals) == 160 - st.invalid - st.rejected > 20
+    for smiles, fit, props in st.proposals:
+        from rdkit import Chem
+
+        mol = Chem.MolFromSmiles(smiles)
+        assert mol is not None and "." not in smiles and canonical(smiles) == smiles and structure_ok(mol)
+        again = properties(mol)
+        assert tight.met(again) and again == pytest.approx(props)
+        assert fit == pytest.approx(float(_qed([smiles])[0]), abs=1e-6)
+    assert len({s for s, _ in st.population}) == len(st.population) <= 40
+
+
+def test_the_ga_is_seeded_and_resumes_exactly(tmp_path):
+    cfg = GAConfig(population=20, steps=4, proposals=50, seed=3)
+    straight = evolve(SEEDS, _qed, Constraints(), cfg, progress=False)
+    assert evolve(SEEDS, _qed, Constraints(), cfg, progress=False) == straight
+    other = evolve(SEEDS, _qed, Constraints(), GAConfig(population=20, steps=4, proposals=50, seed=4), progress=False)
+    assert other.proposals != straight.proposals
+    state = tmp_path / "state.json"
+    evolve(SEEDS, _qed, Constraints(), GAConfig(population=20, steps=2, proposals=50, seed=3), state, progress=False)
+    resumed = evolve(SEEDS, _qed, Constraints(), cfg, state, progress=False)
+    assert json.loads(json.dumps(resumed.__dict__)) == json.loads(json.dumps(straight.__dict__))
+
+
+# -- the command ------------------------------------------------------------------------------------------
+
+FOREST_RUN = {"data": {"dataset": "fsmol", "featurizer": "ecfp", "fp_counts": False, "holdout_val": 2},
+              "model": {"net": None}, "learner": {"algo": "forest", "trees": 10}}
+TASK = "CHEMBL763161"      # a validation task of the fixture
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    from fewshot.drug.oracle import main as write_support
+
+    monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(FOREST_RUN))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert write_support(["--data-root", str(FIXTURES), "--task", TASK, "--out", str(tmp_path / "s.csv")]) == 0
+    return tmp_path / "run", tmp_path / "s.csv"
+
+
+def test_design_writes_candidates_grid_and_summary_and_resumes(setup, tmp_path, capsys):
+    run, support = setup
+    rows = list(csv.DictReader(open(support)))
+    assert len(rows) == 16 and {r["label"] for r in rows} == {"0", "1"}
+    argv = ["design", run, "--support", support, "--n", "60", "--steps", "3", "--population", "30", "--out",
+            tmp_path / "d", "--data-root", FIXTURES, "--oracle", TASK, "--json"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, out, err = cli(argv, capsys)
+    assert code == 0, err
+    s = json.loads(out.strip().splitlines()[-1])
+    assert s["products"] == 90 and 0 < s["proposals"] <= 60 and s["proposal_valid"] == 1.0
+    assert 0 < s["unique"] <= 1 and 0 <= s["novel"] <= 1 and 0 < s["diversity"] < 1
+    assert s["oracle"]["task"] == TASK and 0 <= s["oracle"]["top10_mean"] <= 1
+    assert 0 <= s["oracle"]["top10_above_best_active"] <= 10
+    d = tmp_path / "d"
+    assert (d / "top.png").read_bytes()[:4] == b"\x89PNG" and json.loads((d / "summary.json").read_text()) == s
+    table = list(csv.DictReader(open(d / "candidates.csv")))
+    support_smiles = {canonical(r["smiles"]) for r in rows}
+    assert table and all(r["smiles"] not in support_smiles for r in table)
+    assert [float(r["predicted_activity"]) for r in table] == sorted((float(r["predicted_activity"]) for r in table),
+                                                                     reverse=True)
+    assert all(Constraints().met({k: float(r[k]) for k in ("qed", "sa", "mw", "logp")}) for r in table)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, again, err = cli(argv, capsys)                 # resumed from the finished state: the same result
+    again = json.loads(again.strip().splitlines()[-1])
+    assert code == 0 and {k: v for k, v in again.items() if k != "wall_s"} == {k: v for k, v in s.items()
+                                                                                 if k != "wall_s"}
+
+
+@pytest.mark.parametrize("content, extra, pattern", [
+    (None, [], "support file"),
+    ("smiles,activity\nCCO,1\n", [], "expected columns smiles,label"),
+    ("smiles,label\nCCO,2\n", [], "line 2: label '2' is not 0 or 1"),
+    ("smiles,label\nC1CC,1\n", [], "line 2: RDKit cannot read SMILES 'C1CC'"),
+    ("smiles,label\nCCO,1\nCCN,1\n", [], "at least one active (1) and one inactive (0)"),
+    ("smiles,label\nCCO,1\nCCN,0\n", ["--oracle", TASK], "--oracle reads the assay's measurements from the data "
+                                                         "root: pass --data-root DIR"),
+    ("smiles,label\nCCO,1\nCCN,0\n", ["--mw", "500"], "give LOW,HIGH"),
+])
+def test_design_bad_input_is_one_line(setup, tmp_path, content, extra, pattern, capsys):
+    run, _ = setup
+    path = tmp_path / "bad.csv"
+    if content is not None:
+        path.write_text(content)
+    code, out, err = cli(["design", run, "--support", path, "--out", tmp_path / "o", *extra], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and pattern in err, err
+
+
+def test_a_support_molecule_read_only_with_partial_sanitization_is_kept(tmp_path):
+    from fewshot.commands.design import read_support
+
+    path = tmp_path / "s.csv"           # FS-Mol writes some phosphonates with a hypervalent [PH] (RDKit rejects it)
+    path.write_text("smiles,label\nCCO,1\nCC(CC(=N)C(=O)O)C[PH](=O)(=O)O,0\n")
+    smiles, labels = read_support(path)
+    assert labels == [1, 0] and "[PH]" in smiles[1]

@@ -1,0 +1,175 @@
+"""Deep Kernel Transfer: the GP's marginal likelihood and posterior against the closed form (a Cholesky factor of
+``K + sigma^2 I``), the class probabilities against the two-class closed form and a joint Monte Carlo, the
+batched meta-loss against task-by-task, training that improves, and runs through the command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("gpytorch")
+
+from fewshot.learners.dkt import DKT, DKTOptions, class_log_probs  # noqa: E402
+from fewshot.tasks.episode import Episode, TaskBatch  # noqa: E402
+from fewshot.tasks.sinusoid import SinusoidTasks  # noqa: E402
+
+from conftest import cli  # noqa: E402
+
+DIM = 3
+
+
+def learner(kernel: str = "rbf", task: str = "regression") -> DKT:
+    torch.manual_seed(0)
+    dkt = DKT(nn.Sequential(nn.Linear(DIM, 8), nn.Tanh(), nn.Linear(8, 4)), kernel, task).double()
+    dkt.kernel.outputscale = 1.7
+    dkt.likelihood.noise = 0.3
+    if kernel == "rbf":
+        dkt.kernel.base_kernel.lengthscale = 0.8
+    else:
+        dkt.kernel.base_kernel.variance = 1.3
+    return dkt
+
+
+def gram(dkt: DKT, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The kernel written out: ``s exp(-|a - b|^2 / (2 l^2))`` or ``s v <a/|a|, b/|b|>``."""
+    s = float(dkt.kernel.outputscale.detach())
+    if dkt.kernel_name == "rbf":
+        ell = float(dkt.kernel.base_kernel.lengthscale.detach())
+        return s * torch.exp(-torch.cdist(a, b).pow(2) / (2 * ell ** 2))
+    v = float(dkt.kernel.base_kernel.variance.detach())
+    a, b = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    return s * v * a @ b.T
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "cosine"])
+def test_marginal_likelihood_matches_the_cholesky_closed_form(kernel):
+    dkt = learner(kernel)
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(7, 4, generator=g, dtype=torch.float64)
+    t = torch.randn(2, 7, generator=g, dtype=torch.float64)
+    sigma2 = float(dkt.noise.detach())
+    factor = torch.linalg.cholesky(gram(dkt, z, z) + sigma2 * torch.eye(7, dtype=torch.float64))
+    expected = []
+    for row in t:
+        alpha = torch.cholesky_solve(row[:, None], factor)[:, 0]
+        logp = -0.5 * row @ alpha - factor.diagonal().log().sum() - 0.5 * 7 * math.log(2 * math.pi)
+        expected.append(logp / 7)
+    torch.testing.assert_close(dkt.marginal_log_likelihood(z, t).detach(), torch.stack(expected), rtol=1e-9,
+                               atol=1e-9)
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "cosine"])
+def test_posterior_matches_the_closed_form(kernel):
+    dkt = learner(kernel)
+    g = torch.Generator().manual_seed(2)
+    zs, zq = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64)
+    t = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    a = gram(dkt, zs, zs) + float(dkt.noise.detach()) * torch.eye(6, dtype=torch.float64)
+    cross = gram(dkt, zs, zq)                                                  # [S, Q]
+    mean = (cross.T @ torch.linalg.solve(a, t.T)).T                           # [outputs, Q]
+    var = gram(dkt, zq, zq).diagonal() - (cross * torch.linalg.solve(a, cross)).sum(0)
+    got_mean, got_var = dkt.posterior(zs, t, zq)
+    torch.testing.assert_close(got_mean.detach(), mean, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(got_var.detach(), var.expand(3, -1), rtol=1e-6, atol=1e-7)
+
+
+def test_regression_interval_is_the_predictive_normal_with_the_noise():
+    dkt = learner("rbf").eval()
+    g = torch.Generator().manual_seed(3)
+    sx, sy = torch.randn(5, DIM, generator=g, dtype=torch.float64), torch.randn(5, 1, generator=g, dtype=torch.float64)
+    qx = torch.randn(4, DIM, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        adapted = dkt.adapt(sx, sy)
+        z = dkt.embed(torch.cat([sx, qx]))
+        mean, var = dkt.posterior(z[:5], sy.T, z[5:])
+        interval = dkt.predict_interval(adapted, qx)
+        torch.testing.assert_close(dkt.predict(adapted, qx), mean.T)
+    half = 1.959963984540054 * (var.T + float(dkt.noise.detach())).sqrt()
+    torch.testing.assert_close(interval.upper - interval.mean, half)
+    torch.testing.assert_close(interval.mean - interval.lower, half)
+
+
+def test_two_class_probabilities_match_the_closed_form_and_joint_sampling():
+    g = torch.Generator().manual_seed(4)
+    mean = torch.randn(6, 2, generator=g, dtype=torch.float64)
+    std = 0.2 + torch.rand(6, 2, generator=g, dtype=torch.float64)
+    p1 = torch.distributions.Normal(0, 1).cdf((mean[:, 1] - mean[:, 0]) / std.pow(2).sum(1).sqrt())
+    got = class_log_probs(mean, std, samples=20000).exp()
+    torch.testing.assert_close(got[:, 1], p1, rtol=0, atol=0.01)
+    # five classes: the frequency of each arg-max of joint draws
+    mean, std = torch.randn(4, 5, generator=g, dtype=torch.float64), 0.3 + torch.rand(4, 5, generator=g,
+                                                                                     dtype=torch.float64)
+    draws = mean + std * torch.randn(200000, 4, 5, generator=g, dtype=torch.float64)
+    freq = torch.nn.functional.one_hot(draws.argmax(-1), 5).double().mean(0)
+    torch.testing.assert_close(class_log_probs(mean, std, samples=4000).exp(), freq, rtol=0, atol=0.01)
+
+
+def test_batched_meta_loss_and_gradient_equal_task_by_task():
+    dkt = learner("rbf", "classification")
+    g = torch.Generator().manual_seed(5)
+    sx, qx = torch.randn(3, 6, DIM, generator=g, dtype=torch.float64), torch.randn(3, 9, DIM, generator=g,
+                                                                                  dtype=torch.float64)
+    sy, qy = torch.arange(3).repeat(2).expand(3, -1), torch.arange(3).repeat(3).expand(3, -1)
+    batch = TaskBatch(sx, sy, qx, qy)
+    metrics = dkt.meta_backward(batch)
+    batched = [p.grad.clone() for p in dkt.parameters()]
+    dkt.zero_grad()
+    losses = [dkt.episode_loss(Episode(sx[t], sy[t], qx[t], qy[t]))[0] for t in range(3)]
+    torch.stack(losses).mean().backward()
+    for a, b in zip(batched, (p.grad for p in dkt.parameters())):
+        torch.testing.assert_close(a, b)
+    assert metrics["loss"] == pytest.approx(float(torch.stack(losses).mean()))
+
+
+def test_meta_training_on_sinusoid_lowers_the_error():
+    torch.manual_seed(0)
+    dkt = DKT(nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 40)),
+              task="regression")
+    train, test = SinusoidTasks(5, 10, seed=1), SinusoidTasks(5, 10, seed=2)
+    from fewshot import evaluate
+
+    before = evaluate(dkt, test, 50).mean
+    opt = torch.optim.Adam(dkt.parameters(), lr=0.003)
+    for step in range(100):
+        eps = [train[step * 8 + i] for i in range(8)]
+        opt.zero_grad()
+        dkt.meta_backward(TaskBatch(*(torch.stack([getattr(e, f) for e in eps])
+                                      for f in ("support_x", "support_y", "query_x", "query_y"))))
+        opt.step()
+    after = evaluate(dkt, test, 50)
+    assert after.mean < 0.8 * before, (before, after.mean)
+
+
+def test_options_refuse_bad_values():
+    with pytest.raises(ValueError, match="unknown dkt kernel 'matern'"):
+        DKTOptions(kernel="matern").validate()
+    with pytest.raises(ValueError, match="samples"):
+        DKTOptions(samples=0).validate()
+
+
+def test_sinusoid_run_reports_coverage_through_the_command(tmp_path, capsys):
+    run = tmp_path / "dkt"
+    code, out, err = cli(["train", "--algo", "dkt", "--dataset", "sinusoid", "--steps", "4", "--meta-batch", "2",
+                          "--shots", "5", "--set", "val_every=2", "--set", "val_episodes=4", "--set",
+                          "test_episodes=4", "--out", run, "--no-progress", "--threads", "1"], capsys)
+    assert code == 0, err
+    code, out, err = cli(["eval", run, "--episodes", "20", "--json"], capsys)
+    assert code == 0, err
+    line = json.loads(out.strip().splitlines()[-1])
+    assert line["metric"] == "mse" and 0 <= line["coverage"] <= 1 and line["interval_width"] > 0
+
+
+def test_omniglot_classification_step_through_the_command(tmp_path, capsys):
+    run = tmp_path / "dkt"
+    code, out, err = cli(["train", "--algo", "dkt", "--steps", "2", "--ways", "5", "--train-ways", "5", "--queries",
+                          "2", "--set", "val_every=1", "--set", "val_episodes=2", "--set", "test_episodes=2",
+                          "--set", "samples=16", "--out", run, "--no-progress", "--threads", "1"], capsys)
+    assert code == 0, err
+    code, out, err = cli(["eval", run, "--episodes", "3", "--queries", "2", "--calibration", "--json"], capsys)
+    assert code == 0, err
+    line = json.loads(out.strip().splitlines()[-1])
+    assert 0 <= line["mean"] <= 1 and 0 <= line["ece"] <= 1 and line["nll"] > 0

@@ -1,0 +1,76 @@
+"""``fewshot study``: the search space, two workers on one SQLite study, resuming it, the cost study."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fewshot.cli import main
+from fewshot.report.studies import pareto, search_space
+from tests.test_report import pixel_std
+
+TINY = ["--algo", "maml", "--steps", "1", "--val-every", "1", "--val-episodes", "2", "--startup-trials", "2",
+        "--set", "queries=2", "--set", "train_queries=2", "--set", "channels=8", "--set", "meta_batch=2"]
+
+
+def test_search_space_holds_the_learners_own_switches():
+    assert set(search_space("maml")) == {"inner_lr", "inner_steps", "meta_batch", "lr", "multi_step_loss"}
+    assert set(search_space("protonet")) == {"meta_batch", "lr"}
+    assert search_space("maml")["inner_lr"] == ("log", 0.01, 1.0)
+
+
+def test_pareto_front_by_brute_force():
+    points = [(1.0, 0.5), (2.0, 0.7), (2.0, 0.6), (3.0, 0.7), (0.5, 0.2), (4.0, 0.9)]
+    assert pareto(points) == [4, 0, 1, 5]
+
+
+def test_two_workers_share_one_sqlite_study_and_a_rerun_continues_it(tmp_path, capsys):
+    optuna = pytest.importorskip("optuna")
+    out, db = tmp_path / "study", f"sqlite:///{tmp_path / 'shared.db'}"
+    argv = ["study", "sensitivity", *TINY, "--trials", "4", "--storage", db, "--out", str(out), "--no-analysis"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([sys.executable, "-m", "fewshot", *argv, "--worker", str(k)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for k in range(2)]
+    for w in workers:
+        assert w.wait(timeout=300) == 0, w.stderr.read()[-2000:]
+    study = optuna.load_study(study_name="sensitivity", storage=db)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) >= 4
+    assert len({t.user_attrs["pid"] for t in complete}) == 2           # both workers ran trials
+    assert all((out / "trials" / f"{t.number:04d}" / "checkpoints" / "last.json").is_file() for t in complete)
+    assert "meta_batch" not in complete[0].params and complete[0].params["inner_steps"] in range(1, 6)
+    # a rerun asking for one more trial runs exactly one, then draws the importances and the heat map
+    assert main(["study", "sensitivity", *TINY, "--trials", str(len(complete) + 1), "--storage", db,
+                 "--out", str(out)]) == 0
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == len(complete) + 1
+    manifest = json.loads((out / "figures.json").read_text())
+    assert manifest["figures"][0]["file"] == "sensitivity.png" and pixel_std(out / "sensitivity.png") > 10
+    table = (out / "sensitivity.md").read_text()
+    assert "| setting | fANOVA importance |" in table and "| inner_lr |" in table
+    capsys.readouterr()
+
+
+def test_cost_study_measures_and_resumes(tmp_path, capsys):
+    out = tmp_path / "cost"
+    argv = ["study", "cost", "--learners", "protonet", "--budgets", "1", "--episodes", "3", "--out", str(out)]
+    assert main(argv) == 0
+    row = json.loads((out / "results.jsonl").read_text())
+    assert row["learner"] == "protonet" and row["steps"] >= 1 and row["peak_mb"] > 50 and row["gflops"] > 0
+    assert 0 <= row["mean"] <= 1 and row["episodes"] == 3
+    assert pixel_std(out / "cost.png") > 10 and "| protonet | 1 |" in (out / "cost.md").read_text()
+    assert main(argv) == 0                                      # resumed: measured once
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+    assert "already measured" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_transfer_study_scores_every_setting(tmp_path, capsys):
+    out = tmp_path / "transfer"
+    assert main(["study", "transfer", "--learners", "protonet", "--budget", "2", "--episodes", "3",
+                 "--out", str(out)]) == 0
+    row = json.loads((out / "results.jsonl").read_text())
+    assert {"5w1s", "5w5s", "20w1s", "20w5s"} <= set(row) and pixel_std(out / "transfer.png") > 10
