@@ -367,9 +367,10 @@ class Trainer:
                         self._validate_and_keep_best(writer, bar)
                     if self.step % cfg.checkpoint_every == 0:
                         self._save("last")
-                if main and self.val_tasks is not None and not (self.ckpt_dir is not None and
-                                                                (self.ckpt_dir / "best.json").is_file()):
-                    self._validate_and_keep_best(writer, bar)   # stopped before the first validation
+                unvalidated = stopped_early and self.step % cfg.val_every != 0   # the clock ended it between
+                if main and self.val_tasks is not None and (unvalidated or not (      # validations, or before
+                        self.ckpt_dir is not None and (self.ckpt_dir / "best.json").is_file())):   # the first
+                    self._validate_and_keep_best(writer, bar)   # the steps since the last validation count too
                 self._save("last")
         except KeyboardInterrupt:
             if not self._updating:   # not inside an update: the state of the last completed step is whole

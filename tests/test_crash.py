@@ -23,7 +23,7 @@ from fewshot.checkpoint import read_checkpoint
 CONFIG = {"algo": "maml", "dataset": "sinusoid", "steps": 8, "meta_batch": 2, "shots": 5, "queries": 5,
           "val_every": 3, "val_episodes": 4, "test_episodes": 2, "checkpoint_every": 2, "log_every": 1,
           "eval_inner_steps": 1, "seed": 3}
-TIMEOUT_S = 60
+TIMEOUT_S = 240     # an upper bound only: a loaded 2-core machine runs these child processes slowly
 
 
 def train_command(config: Path, run: Path) -> list[str]:

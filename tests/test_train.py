@@ -144,6 +144,19 @@ def test_time_limit_stops_early_and_keeps_checkpoints(tmp_path):
     assert resumed.step == 50 and not resumed.stopped_early
 
 
+def test_a_run_the_clock_stops_between_validations_validates_where_it_stopped(tmp_path, monkeypatch):
+    """The steps after the last validation count: the stopped step is validated and may become the best."""
+    import fewshot.train as train_module
+
+    clock = iter(range(10**6))
+    monkeypatch.setattr(train_module.time, "monotonic", lambda: float(next(clock)))   # one second per call
+    run = tmp_path / "run"
+    result = train(tiny_sinusoid(steps=50, val_every=4, time_limit=6.5), run)
+    assert result.stopped_early and 0 < result.step < 50 and result.step % 4 != 0
+    vals = [r["step"] for r in metrics(run) if r["split"] == "val"]
+    assert vals[-1] == result.step and vals[:-1] == list(range(4, result.step, 4))
+
+
 def test_meta_training_improves_sinusoid_regression(tmp_path):
     cfg = tiny_sinusoid(steps=150, meta_batch=4, lr=0.01, shots=10, queries=10, eval_inner_steps=5,
                         val_every=1000, val_episodes=20, checkpoint_every=1000)
