@@ -1,7 +1,7 @@
 """Batch normalisation with per-batch statistics that stays exact when tasks run through ``torch.func.vmap``.
 
 ``torch.func.vmap``'s batching rule for the native batch-norm kernel gives wrong second-order meta-gradients
-(torch 2.13: a relative error of 0.6-2 % on Conv-4, where the task loop agrees with the same layer written
+(torch 2.13: a relative error of 0.6-2.4 % on Conv-4, where the task loop agrees with the same layer written
 from primitives to 1e-14). :class:`BatchNorm2d` is ``nn.BatchNorm2d`` without running statistics whose
 forward pass, inside :func:`exact_under_vmap`, is written from primitives (mean, variance, ``rsqrt``), whose
 batching rules are exact; outside it, the native kernel runs (1.3x faster for a Conv-4 MAML step on the CPU).
