@@ -82,6 +82,14 @@ class Ranks:
         dist.all_reduce(values)
         return dict(zip(keys, values.tolist()))
 
+    def from_main(self, value: float) -> float:
+        """Rank 0's ``value`` on every rank (a figure read from one clock, so that every rank uses the same)."""
+        if self.world == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64)
+        dist.broadcast(tensor, src=0)
+        return float(tensor.item())
+
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` holds on any rank (so that every rank takes the same decision)."""
         if self.world == 1:

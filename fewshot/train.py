@@ -70,7 +70,11 @@ class TrainSettings:
     Attributes:
         steps: meta-updates.
         meta_batch: tasks per meta-update.
-        lr: the outer (Adam) learning rate; ``lr_decay`` multiplies it every ``lr_decay_every`` steps.
+        lr: the outer (Adam) learning rate, scheduled by ``lr_schedule``: ``"step"`` multiplies it by ``lr_decay``
+            every ``lr_decay_every`` steps; ``"cosine"`` anneals it to 0 along a half cosine over the run's
+            progress, the fraction of ``steps`` done or, with a ``time_limit``, of the time limit used when that
+            is larger (so a run the clock ends has annealed when it ends; its rates then depend on its speed,
+            as its last step does, and each update's rate is in ``metrics.jsonl``).
         grad_clip: clip the meta-gradient's global L2 norm to this before each update (``None``: no clipping).
         ema: keep an exponential moving average of the weights with this decay (e.g. 0.999); validation,
             checkpoint selection and the returned learner use it.
@@ -88,6 +92,7 @@ class TrainSettings:
     steps: int = 2000
     meta_batch: int = 32
     lr: float = 0.001
+    lr_schedule: str = "step"
     lr_decay: float = 1.0
     lr_decay_every: int = 2000
     grad_clip: float | None = None
@@ -128,15 +133,30 @@ class TrainSettings:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be stop or skip, got {self.on_nonfinite!r}")
+        if self.lr_schedule not in ("step", "cosine"):
+            raise ValueError(f"lr_schedule must be step or cosine, got {self.lr_schedule!r}")
         if self.precision not in ("float32", "bf16"):
             raise ValueError(f"precision must be float32 or bf16, got {self.precision!r}")
         if self.val_inner_steps is not None and self.val_inner_steps < 0:
             raise ValueError(f"val_inner_steps must be >= 0, got {self.val_inner_steps}")
         return self
 
-    def learning_rate(self, step: int) -> float:
-        """The outer learning rate of update ``step + 1``: ``lr * lr_decay ** (step // lr_decay_every)``."""
+    def learning_rate(self, step: int, progress: float = 0.0) -> float:
+        """The outer learning rate of update ``step + 1`` made at ``progress`` (in [0, 1], the cosine schedule's
+        clock): ``lr * lr_decay ** (step // lr_decay_every)``, or ``lr * (1 + cos(pi * progress)) / 2``."""
+        if self.lr_schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
         return self.lr * self.lr_decay ** (step // self.lr_decay_every)
+
+    def progress(self, step: int, started: float, elapsed: float) -> float:
+        """How far a run is after ``step`` updates (in [0, 1]): the fraction of ``steps`` done (never less than
+        ``started``, the progress this process resumed from), or, with a time limit, the larger of that and
+        ``started + (1 - started) * elapsed / time_limit`` (``elapsed``: the seconds this process has trained),
+        so a resumed run anneals what is left of its schedule over its new time limit."""
+        done = max(step / self.steps, started)
+        if self.time_limit is None:
+            return min(done, 1.0)
+        return min(max(done, started + (1.0 - started) * elapsed / self.time_limit), 1.0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -244,6 +264,8 @@ class Trainer:
                                       use_buffers=True, device=self.device)
                         if self.settings.ema is not None and params else None)
         self.step, self.best_val, self._saved_step, self.skipped = 0, None, None, 0
+        self.schedule_progress = 0.0      # TrainSettings.progress at the last update (the cosine schedule's clock)
+        self._resumed_progress, self._clock = 0.0, time.monotonic()
         self._rng, self._updating = torch.get_rng_state(), False
         if resuming:
             self._restore()
@@ -267,15 +289,18 @@ class Trainer:
         self._rng = tensors["rng/torch"]
         self.step, self.best_val = meta["state"]["step"], meta["state"]["best_val"]
         self.skipped = meta["state"].get("skipped", 0)
+        self.schedule_progress = meta["state"].get("progress", self.step / self.settings.steps)
+        self._resumed_progress = self.schedule_progress
         self._saved_step = self.step
 
     def _save(self, name: str) -> None:
         if name == "last":
             self._saved_step = self.step
+        state = {"step": self.step, "best_val": self.best_val, "skipped": self.skipped}
+        if self.settings.lr_schedule == "cosine":     # where its clock stood (a step schedule needs only the step)
+            state["progress"] = self.schedule_progress
         if self.ranks.main and self.ckpt_dir is not None:
-            save_checkpoint(self.ckpt_dir, name, self.learner, self.optimizer,
-                            {"step": self.step, "best_val": self.best_val, "skipped": self.skipped}, self.average,
-                            rng=self._rng)
+            save_checkpoint(self.ckpt_dir, name, self.learner, self.optimizer, state, self.average, rng=self._rng)
 
     def _log(self, record: dict[str, Any], writer) -> None:
         if not self.ranks.main or self.run_dir is None:
@@ -347,6 +372,7 @@ class Trainer:
             self._truncate_log()
             writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
         start, stopped_early = time.monotonic(), False
+        self._clock = start
         bar = progress_bar(total=cfg.steps, initial=self.step, desc=self.description,
                            enabled=self.progress and main, dynamic_ncols=True)
         try:
@@ -361,7 +387,8 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
                     if metrics and self.step % cfg.log_every == 0:
-                        self._log({"step": self.step, "split": "train", **metrics}, writer)
+                        self._log({"step": self.step, "split": "train", **metrics,
+                                   "lr": cfg.learning_rate(self.step - 1, self.schedule_progress)}, writer)
                     if main and self.val_tasks is not None and (self.step % cfg.val_every == 0
                                                                 or self.step == cfg.steps):
                         self._validate_and_keep_best(writer, bar)
@@ -389,11 +416,15 @@ class Trainer:
         first = self.step * cfg.meta_batch
         mine = task_slice(cfg.meta_batch, self.ranks.rank, self.ranks.world)
         batch = stack_episodes([self.train_tasks[first + t] for t in mine]).to(self.device)
+        progress = cfg.progress(self.step, self._resumed_progress, time.monotonic() - self._clock)
+        if cfg.lr_schedule == "cosine" and cfg.time_limit is not None:   # every rank takes the main one's clock
+            progress = self.ranks.from_main(progress)
+        self.schedule_progress, lr = progress, cfg.learning_rate(self.step, progress)
         update = getattr(self.learner, "meta_update", None)
         if update is not None:     # a learner that makes its own update (TRPO's line search, ProMP's outer steps)
             self._updating = True
             with self.learner.normalisation():
-                metrics = update(batch, self.optimizer, lr=cfg.learning_rate(self.step), total_tasks=cfg.meta_batch)
+                metrics = update(batch, self.optimizer, lr=lr, total_tasks=cfg.meta_batch)
             if self.average is not None:
                 self.average.update_parameters(self.learner)
             return metrics
@@ -418,7 +449,7 @@ class Trainer:
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         for group in self.optimizer.param_groups:     # a function of the step, so a resumed run follows it exactly
-            group["lr"] = cfg.learning_rate(self.step)
+            group["lr"] = lr
         self._updating = True                        # until the step counter follows: an interrupt saves nothing
         self.optimizer.step()
         if self.average is not None:

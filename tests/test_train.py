@@ -100,9 +100,8 @@ class SimulatedCrash(RuntimeError):
     pass
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-    full, crashed = tmp_path / "full", tmp_path / "crashed"
-    straight = train(tiny_sinusoid(steps=6), full)
+def crash_during_step_4(monkeypatch) -> None:
+    """Make every trainer raise ``SimulatedCrash`` inside its fourth update (until ``monkeypatch.undo()``)."""
     real_step = Trainer._train_step
 
     def crash_at_step_4(self):
@@ -110,6 +109,12 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
             raise SimulatedCrash("killed during step 4")
         return real_step(self)
     monkeypatch.setattr(Trainer, "_train_step", crash_at_step_4)
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    straight = train(tiny_sinusoid(steps=6), full)
+    crash_during_step_4(monkeypatch)
     with pytest.raises(SimulatedCrash):
         train(tiny_sinusoid(steps=6), crashed)
     monkeypatch.undo()
@@ -337,3 +342,69 @@ def test_lr_decay_halves_the_learning_rate_every_n_steps_also_after_a_resume(tmp
     assert learning_rates(run_config(tmp_path / "run", {}, {"steps": 5}), tmp_path / "run") == [0.005, 0.0025]
     with pytest.raises(ValueError, match=r"lr_decay must be in \(0, 1\]"):
         tiny_protonet(lr_decay=0.0)
+
+
+def recorded_learning_rates(trainer) -> list[float]:
+    """The rate of every update ``trainer.run()`` makes (read when Adam steps)."""
+    seen, step = [], trainer.optimizer.step
+
+    def record_then_step(*args, **kwargs):
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = record_then_step
+    return seen
+
+
+def test_cosine_schedule_anneals_over_the_steps_and_resumes_exactly(tmp_path, monkeypatch):
+    import math
+
+    config = tiny_protonet(steps=4, lr=0.01, lr_schedule="cosine", checkpoint_every=2)
+    trainer = trainer_for(config, tmp_path / "full", progress=False)
+    straight = recorded_learning_rates(trainer)
+    trainer.run()
+    assert straight == pytest.approx([0.01 * (1 + math.cos(math.pi * s / 4)) / 2 for s in range(4)])
+    logged = [r["lr"] for r in metrics(tmp_path / "full") if r["split"] == "train"]
+    assert logged == pytest.approx(straight[len(straight) - len(logged):])
+
+    crash_during_step_4(monkeypatch)
+    with pytest.raises(SimulatedCrash):
+        trainer_for(tiny_protonet(steps=4, lr=0.01, lr_schedule="cosine", checkpoint_every=2),
+                    tmp_path / "crashed", progress=False).run()
+    monkeypatch.undo()
+    resumed = trainer_for(run_config(tmp_path / "crashed", {}, {}), tmp_path / "crashed", progress=False)
+    after = recorded_learning_rates(resumed)
+    resumed.run()
+    assert after == straight[2:]                     # the checkpoint of step 2 resumes the same schedule
+    assert_params_identical(params(resumed.learner), params(trainer.learner))
+
+
+def test_cosine_schedule_follows_the_clock_under_a_time_limit(tmp_path, monkeypatch):
+    """A run the clock ends anneals by the clock: its last updates are made at a rate near 0, whatever
+    ``steps`` says, and the progress it reached is checkpointed for a resume."""
+    import fewshot.train as train_module
+
+    clock = iter(range(10**6))
+    monkeypatch.setattr(train_module.time, "monotonic", lambda: float(next(clock)))   # one second per call
+    trainer = trainer_for(tiny_protonet(steps=10**6, lr=0.01, lr_schedule="cosine", time_limit=40.0),
+                          tmp_path / "run", progress=False)
+    seen = recorded_learning_rates(trainer)
+    result = trainer.run()
+    assert result.stopped_early and 3 < len(seen) < 40
+    assert seen[0] == pytest.approx(0.01, rel=0.02) and all(a >= b for a, b in zip(seen, seen[1:]))
+    assert seen[-1] < 0.01 * 0.05                     # nearly annealed when the clock ran out
+    state = read_checkpoint(tmp_path / "run" / "checkpoints", "last")[1]["state"]
+    assert 0.9 < state["progress"] <= 1.0
+
+
+def test_progress_is_the_larger_of_steps_and_clock_and_resumes_from_where_it_was():
+    from fewshot.train import TrainSettings
+
+    by_steps = TrainSettings(steps=100)
+    assert by_steps.progress(25, 0.0, 1e9) == 0.25                     # no time limit: the clock does not count
+    timed = TrainSettings(steps=100, time_limit=60.0)
+    assert timed.progress(10, 0.0, 30.0) == 0.5 and timed.progress(80, 0.0, 30.0) == 0.8
+    assert timed.progress(10, 0.6, 30.0) == pytest.approx(0.8)      # resumed at 0.6: the rest over the new limit
+    assert timed.progress(10, 0.0, 600.0) == 1.0
+    with pytest.raises(ValueError, match="lr_schedule must be step or cosine"):
+        TrainSettings(lr_schedule="linear").validate()

@@ -56,7 +56,7 @@ def windowed(values: Sequence[float], window: int) -> tuple[list[float], list[fl
 def _metric_keys(records: Iterable[dict]) -> list[str]:
     keys = []
     for r in records:
-        keys += [k for k, v in r.items() if k not in ("step", "split", "time", "ci95") and isinstance(v, (int, float))
+        keys += [k for k, v in r.items() if k not in ("step", "split", "time", "ci95", "lr") and isinstance(v, (int, float))
                  and not isinstance(v, bool) and k not in keys]
     return keys
 
