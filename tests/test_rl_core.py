@@ -19,7 +19,7 @@ from fewshot.rl.learner import RLLearner
 from fewshot.rl.nav2d import Nav2D
 from fewshot.rl.policy import GaussianPolicy, kl_divergence, log_prob
 from fewshot.rl.sampling import (Trajectories, advantages, baseline_features, discounted_returns, gae,
-                                 linear_baseline)
+                                 linear_baseline, rollout_seed)
 from fewshot.runs import build_learner, trainer_for
 from fewshot.tasks.episode import stack_episodes
 
@@ -254,6 +254,40 @@ def test_adaptation_returns_have_a_column_per_step_and_are_deterministic():
     tasks = Nav2D().sample_tasks(4, seed=5)
     first = learner.adaptation_returns(tasks, 2, episodes=5, seed=1)["return"]
     assert first.shape == (4, 3) and torch.equal(first, learner.adaptation_returns(tasks, 2, 5, 1)["return"])
+
+
+def test_the_column_after_adaptation_is_sampled_from_eval_episodes():
+    """Column ``steps`` is the mean return of ``eval_episodes`` trajectories of the adapted policies, those a direct
+    call of ``sample`` with that column's seeds gives; the columns before it are over ``episodes``."""
+    torch.manual_seed(0)
+    learner = RLLearner(GaussianPolicy(2, 2, [8]), Nav2D(horizon=6))
+    tasks, seed = Nav2D().sample_tasks(3, seed=2), 1
+    sample, counts = learner.sample, []
+
+    def counting(params, tasks, seeds, episodes):
+        counts.append(episodes)
+        return sample(params, tasks, seeds, episodes)
+
+    learner.sample = counting
+    got = learner.adaptation_returns(tasks, 1, episodes=5, seed=seed, eval_episodes=3)["return"]
+    assert counts == [5, 3] and got.shape == (3, 2)
+    seeds = [[rollout_seed(seed, k, j) for k in range(3)] for j in (0, 1)]
+    theta = {k: v.detach() for k, v in learner.params().items()}
+    with torch.no_grad():
+        before = sample([theta] * 3, tasks, seeds[0], 5)
+        adv = learner.task_advantages(before)
+        adapted = [learner.adapt_task(theta, before.task(t), adv[t], None, False) for t in range(3)]
+        after, after_5 = (sample(adapted, tasks, seeds[1], n).task_returns() for n in (3, 5))
+    torch.testing.assert_close(got[:, 0], before.task_returns(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(got[:, 1], after, rtol=0, atol=1e-6)
+    assert not torch.allclose(got[:, 1], after_5, atol=1e-3)          # 5 episodes would give another figure
+    counts.clear()
+    assert torch.equal(learner.adaptation_returns(tasks, 1, 5, seed)["return"][:, 1], after_5) and counts == [5, 5]
+    counts.clear()
+    learner.adaptation_returns(tasks, 0, 5, seed, eval_episodes=3)          # no step: only the evaluation column
+    assert counts == [3]
+    with pytest.raises(ValueError, match="eval_episodes must be >= 1"):
+        learner.adaptation_returns(tasks, 1, 5, seed, eval_episodes=0)
 
 
 # -- training, resume and the command --------------------------------------------------------------------------------

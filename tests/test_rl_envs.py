@@ -184,3 +184,22 @@ def test_cheetah_result_reports_the_paired_gain_of_the_per_task_returns():
     diff = per_task[:, 1] - per_task[:, 0]
     assert res["gain"][0]["mean"] == pytest.approx(float(diff.mean()), rel=1e-4, abs=1e-5)
     assert res["gain"][0]["ci95"] == pytest.approx(1.96 * float(diff.std()) / 3 ** 0.5, rel=1e-4)
+
+
+def test_metaworld_scores_a_gradient_learner_on_3_evaluation_episodes():
+    """The domain asks a gradient learner for 10 adaptation and 3 evaluation episodes, on the meta-test and the
+    meta-train goals, and the result says so."""
+    from fewshot.config import resolve
+    cfg = resolve({}, {"dataset": "metaworld-ml1", "algo": "pretrained"})
+    calls = []
+
+    class Recorder(torch.nn.Module):
+        family = None
+
+        def adaptation_returns(self, tasks, steps, episodes, seed, *, eval_episodes=None):
+            calls.append((len(tasks), steps, episodes, eval_episodes, self.family.horizon))
+            return {"return": torch.zeros(len(tasks), steps + 1), "success": torch.ones(len(tasks), steps + 1)}
+
+    res = cfg.domain.result(Recorder(), cfg, 2, 1, 0)
+    assert calls == [(2, 1, 10, 3, 500)] * 2
+    assert (res["adapt_episodes"], res["eval_episodes"], res["mean"], res["meta_train"]["mean"]) == (10, 3, 1, 1)

@@ -18,7 +18,6 @@ runs one trial of 13 episodes per goal, its hidden state kept, scored on the las
 from __future__ import annotations
 
 import argparse
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,7 +90,8 @@ class MetaWorldDomain(RLDomain):
 
     def score_tasks(self, learner, config, tasks: list[Task], steps: int, seed: int) -> dict[str, torch.Tensor]:
         """Meta-World's protocol on ``tasks`` with 500-step episodes: ``{"return", "success"}``, ``[n, steps +
-        1]``, column 0 the 10 adaptation episodes, the last the 3 evaluation episodes (RL²: ``[n, 2]``)."""
+        1]``, column ``j < steps`` the 10 episodes adapted on by step ``j + 1`` (column 0: the adaptation
+        episodes), column ``steps`` the 3 evaluation episodes (RL²: ``[n, 2]``, the 10, then the 3)."""
         trained, learner.family = learner.family, self.family(config, MAX_PATH)
         rollout = derive_seed(seed, TEST_ROLLOUT_KEY)
         try:
@@ -99,9 +99,7 @@ class MetaWorldDomain(RLDomain):
                 per_episode = learner.adaptation_returns(tasks, ADAPT_EPISODES + EVAL_EPISODES - 1, 1, rollout)
                 return {k: torch.stack([v[:, :ADAPT_EPISODES].mean(1), v[:, ADAPT_EPISODES:].mean(1)], 1)
                         for k, v in per_episode.items()}
-            if "eval_episodes" in inspect.signature(learner.adaptation_returns).parameters:
-                return learner.adaptation_returns(tasks, steps, ADAPT_EPISODES, rollout, eval_episodes=EVAL_EPISODES)
-            return learner.adaptation_returns(tasks, steps, ADAPT_EPISODES, rollout)
+            return learner.adaptation_returns(tasks, steps, ADAPT_EPISODES, rollout, eval_episodes=EVAL_EPISODES)
         finally:
             learner.family = trained
 
@@ -119,10 +117,8 @@ class MetaWorldDomain(RLDomain):
         before, before_ci95 = confidence_interval(train["success"][:, 0].tolist())
         out["meta_train"] = {"mean": mean, "ci95": ci95, "before": before, "before_ci95": before_ci95,
                              "tasks": tasks, "return": confidence_interval(train["return"][:, -1].tolist())[0]}
-        exact = getattr(learner, "adapts_in_context", False) or \
-            "eval_episodes" in inspect.signature(learner.adaptation_returns).parameters
         out.update(horizon=MAX_PATH, benchmark=self.benchmark, adapt_episodes=ADAPT_EPISODES,
-                   eval_episodes=EVAL_EPISODES if exact else ADAPT_EPISODES)
+                   eval_episodes=EVAL_EPISODES)
         return out
 
 

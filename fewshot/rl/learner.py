@@ -169,20 +169,27 @@ class RLLearner(TaskStream, Learner):
         return list(advantages(traj, self.discount, self.gae_lambda).split(traj.episodes))
 
     @torch.no_grad()
-    def adaptation_returns(self, tasks: Sequence[Task], steps: int, episodes: int, seed: int) -> dict[str, torch.Tensor]:
+    def adaptation_returns(self, tasks: Sequence[Task], steps: int, episodes: int, seed: int, *,
+                           eval_episodes: int | None = None) -> dict[str, torch.Tensor]:
         """Adapt to each of ``tasks`` by ``steps`` policy-gradient steps, sampling ``episodes`` new trajectories
-        before each step and after the last (those of task ``k`` at step ``j`` seeded by
-        ``rollout_seed(seed, k, j)``).
+        before each step and ``eval_episodes`` (default ``episodes``) after the last (those of task ``k`` at
+        step ``j`` seeded by ``rollout_seed(seed, k, j)``).
 
         Returns:
-            ``{"return": [n, steps + 1]}`` mean returns of each task's episodes before and after each step, and
-            ``"success": [n, steps + 1]`` (fraction of episodes with a success) when the family reports it.
+            ``{"return": [n, steps + 1]}`` mean returns of each task's episodes before and after each step
+            (column ``steps``, the only one when ``steps == 0``, over its ``eval_episodes``), and ``"success":
+            [n, steps + 1]`` (fraction of episodes with a success) when the family reports it.
         """
+        if eval_episodes is None:
+            eval_episodes = episodes
+        if episodes < 1 or eval_episodes < 1:
+            raise ValueError(f"episodes and eval_episodes must be >= 1, got {episodes} and {eval_episodes}")
         params: list[Params] = [{k: v.detach() for k, v in self.params().items()}] * len(tasks)
         feats = self.features(tasks)
         out: dict[str, list[torch.Tensor]] = {"return": [], "success": []}
         for j in range(steps + 1):
-            traj = self.sample(params, tasks, [rollout_seed(seed, k, j) for k in range(len(tasks))], episodes)
+            traj = self.sample(params, tasks, [rollout_seed(seed, k, j) for k in range(len(tasks))],
+                               episodes if j < steps else eval_episodes)
             out["return"].append(traj.task_returns())
             if traj.success is not None:
                 out["success"].append(traj.task_success())
