@@ -173,6 +173,15 @@ def test_shipped_recipes_resolve_to_valid_configs(path):
         assert getattr(config, key) == value, key
 
 
+def test_the_default_fsmol_protonet_is_the_measured_fsmol_recipe():
+    """``fewshot train --algo protonet --dataset fsmol`` with no config trains configs/protonet-fsmol.yaml's
+    recipe (all but its step budget and time limit, which the command's flags set)."""
+    shipped = resolve(load_yaml(Path(__file__).parent.parent / "configs" / "protonet-fsmol.yaml"), {}).flat()
+    default = resolve({}, {"algo": "protonet", "dataset": "fsmol"}).flat()
+    differ = {k for k in shipped if shipped[k] != default[k]}
+    assert differ <= {"steps", "time_limit"}, {k: (default[k], shipped[k]) for k in differ}
+
+
 def test_siamese_distance_is_validated_and_reaches_the_learner():
     with pytest.raises(ValueError, match="siamese distance"):
         RunConfig(algo="siamese", distance="cosine").validate()

@@ -105,13 +105,17 @@ _BASE = dict(ways=2, net="fp-mlp", featurizer="ecfp+desc", queries=16, meta_batc
 # FS-Mol: ECFP alone (measured better on the valid tasks than ecfp+desc, also with the valid descriptors scaled
 # by the training file's statistics: docs/experiments/molecules.md).
 _FSMOL = dict(_BASE, featurizer="ecfp", support_size=16, draws=10, holdout_val=100)
+# ProtoNet on FS-Mol: FS-Mol's own training recipe (configs/protonet-fsmol.yaml, the best measured on the valid
+# tasks): up to 256 query molecules a task, Adam 0.001 with the meta-gradient clipped to norm 1, and the weights'
+# moving average for validation and the result (+0.011 ΔAUPRC on valid, paired over the 39 tasks).
+_FSMOL_PROTONET = dict(_FSMOL, queries=256, ragged_queries=True, lr=0.001, grad_clip=1.0, ema=0.999)
 _TOX21 = dict(_BASE, support_pos=10, support_neg=10, queries=64, draws=20, steps=2000, val_every=250,
               checkpoint_every=250)
 
 
-def _recipes(base: dict) -> dict[str, dict]:
+def _recipes(base: dict, protonet: dict | None = None) -> dict[str, dict]:
     maml = dict(base, inner_lr=0.05, inner_steps=3, eval_inner_steps=3, lr=0.0005)
-    return {"protonet": base, "matching": base, "siamese": base,
+    return {"protonet": protonet or base, "matching": base, "siamese": base,
             **{algo: maml for algo in ("maml", "fomaml", "anil", "metasgd")},
             "reptile": dict(base, inner_lr=0.05, inner_steps=5, eval_inner_steps=5, meta_batch=5),
             "finetune": dict(base, batch_size=256, inner_lr=0.01, inner_steps=50),
@@ -151,7 +155,7 @@ class Molecules(Domain):
 
     def __init__(self, name: str):
         self.name = name
-        self.recipes = _recipes(_FSMOL if name == "fsmol" else _TOX21)
+        self.recipes = _recipes(_FSMOL, _FSMOL_PROTONET) if name == "fsmol" else _recipes(_TOX21)
         self.metric = "delta_auprc" if name == "fsmol" else "roc_auc"
 
     def add_flags(self, parser: argparse.ArgumentParser, command: str) -> None:
