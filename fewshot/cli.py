@@ -92,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--on-nonfinite", choices=("stop", "skip"),
                        help="a NaN/inf meta-loss or gradient: stop, keeping the last good checkpoint (default), "
                             "or skip that meta-batch")
-    train.add_argument("--precision", choices=("float32", "bf16"),
-                       help="the training step in float32 (default) or under bfloat16 autocast (weights, "
-                            "optimizer and evaluation stay float32)")
+    train.add_argument("--precision", choices=("float32", "bf16", "auto"),
+                       help="the training step in float32 or under bfloat16 autocast (weights, optimizer and "
+                            "evaluation stay float32); auto: bf16 where the device runs it natively (default: "
+                            "the recipe's)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any config option (KEY or SECTION.KEY; VALUE read as YAML), repeatable; flags override it")
     train.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")

@@ -6,6 +6,8 @@ task source yields the same episodes whatever the device) and moved to the devic
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 DEVICE_KINDS = ("cpu", "cuda", "mps")
@@ -31,3 +33,19 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"--device {name}: Apple's Metal (MPS) backend is not available here; use --device cpu")
     return device
+
+
+def fast_bf16(device: torch.device | str) -> bool:
+    """Whether bfloat16 autocast runs natively on ``device``: a CUDA GPU that supports it, or a CPU with the
+    AVX-512 BF16 or AMX-BF16 instructions (read from Linux's ``/proc/cpuinfo``; elsewhere ``False``, since
+    without them bf16 is emulated and slower than float32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))

@@ -49,6 +49,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from fewshot.checkpoint import load_model, load_optimizer, read_checkpoint, save_checkpoint
+from fewshot.devices import fast_bf16
 from fewshot.distributed import Ranks, task_slice
 from fewshot.evaluate import EvalResult, evaluate
 from fewshot.faults import pause_point
@@ -80,8 +81,9 @@ class TrainSettings:
             checkpoint selection and the returned learner use it.
         on_nonfinite: a non-finite meta-loss or gradient: ``"stop"`` (keeping the last good checkpoint) or
             ``"skip"`` the meta-batch.
-        precision: ``"float32"`` or ``"bf16"`` (the training step under bfloat16 autocast; weights, optimizer
-            and evaluation stay float32).
+        precision: ``"float32"``, ``"bf16"`` (the training step under bfloat16 autocast; weights, optimizer
+            and evaluation stay float32) or ``"auto"``: bf16 where the device runs it natively
+            (:func:`fewshot.devices.fast_bf16`), else float32, decided when the run starts and recorded.
         time_limit: stop cleanly after this many seconds (``None``: no limit).
         val_every, val_episodes: validate every so many steps on so many episodes.
         val_inner_steps: inner steps of gradient learners when validating (``None``: their own).
@@ -135,8 +137,11 @@ class TrainSettings:
             raise ValueError(f"on_nonfinite must be stop or skip, got {self.on_nonfinite!r}")
         if self.lr_schedule not in ("step", "cosine"):
             raise ValueError(f"lr_schedule must be step or cosine, got {self.lr_schedule!r}")
-        if self.precision not in ("float32", "bf16"):
-            raise ValueError(f"precision must be float32 or bf16, got {self.precision!r}")
+        if self.lr_schedule == "cosine" and self.lr_decay != 1.0:
+            raise ValueError(f"lr_decay={self.lr_decay} applies to lr_schedule: step, not cosine; drop lr_decay or "
+                             "set lr_schedule: step")
+        if self.precision not in ("float32", "bf16", "auto"):
+            raise ValueError(f"precision must be float32, bf16 or auto, got {self.precision!r}")
         if self.val_inner_steps is not None and self.val_inner_steps < 0:
             raise ValueError(f"val_inner_steps must be >= 0, got {self.val_inner_steps}")
         return self
@@ -244,6 +249,9 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints" if self.run_dir is not None else None
         self.progress, self.record, self.description = progress, dict(record or {}), description
         self.device = torch.device(device)
+        if self.settings.precision == "auto":        # decided once, on this device, and recorded in config.yaml
+            self.settings = dataclasses.replace(self.settings,
+                                                precision="bf16" if fast_bf16(self.device) else "float32")
         self.ranks = Ranks.current()
         if self.device.type == "cuda" and self.device.index is None and self.ranks.world > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))   # torchrun: a GPU per process

@@ -45,7 +45,7 @@ def tiny_sinusoid(**overrides: Any):
 TINY_PROTONET: dict[str, Any] = dict(
     algo="protonet", dataset="omniglot", split="background", ways=5, train_ways=5, shots=1, queries=2,
     train_queries=2, meta_batch=1, steps=2, val_every=1, val_episodes=2, test_episodes=2, checkpoint_every=1,
-    log_every=1, image_size=28,
+    log_every=1, image_size=28, rotations=False, lr=0.001, lr_schedule="step", precision="float32",
 )
 
 

@@ -249,8 +249,35 @@ def test_bf16_precision_autocasts_the_training_step_only(tmp_path):
     trainer.run()
     assert torch.bfloat16 in seen and torch.float32 in seen            # training steps, then validation/test
     assert all(p.dtype == torch.float32 for p in trainer.learner.parameters())
-    with pytest.raises(ValueError, match="precision must be float32 or bf16"):
+    with pytest.raises(ValueError, match="precision must be float32, bf16 or auto"):
         tiny_protonet(precision="fp16")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_device_runs_it_natively_and_is_recorded(tmp_path, monkeypatch,
+                                                                                        native):
+    import fewshot.train as train_module
+
+    monkeypatch.setattr(train_module, "fast_bf16", lambda device: native)
+    run = tmp_path / "run"
+    trainer = trainer_for(tiny_protonet(steps=1, precision="auto"), run, progress=False)
+    trainer.run()
+    chosen = "bf16" if native else "float32"
+    assert trainer.settings.precision == chosen
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["precision"] == chosen
+    monkeypatch.setattr(train_module, "fast_bf16", lambda device: not native)    # another machine resumes it
+    assert trainer_for(run_config(run, {}, {"steps": 2}), run, progress=False).run().step == 2
+
+
+def test_fast_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
+    import fewshot.devices as devices
+
+    for flags, expected in (("fpu avx512f avx512_bf16 sse", True), ("fpu amx_bf16", True), ("fpu avx2 sse", False)):
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor : 0\nflags : {flags}\n")
+        monkeypatch.setattr(devices, "Path", lambda path, info=info: info)
+        assert devices.fast_bf16("cpu") is expected
+    assert devices.fast_bf16("meta") is False
 
 
 def test_resume_restores_the_random_stream_that_training_draws_from(tmp_path, monkeypatch):
