@@ -22,9 +22,10 @@ from conftest import cli  # noqa: E402
 DIM = 3
 
 
-def learner(kernel: str = "rbf", task: str = "regression") -> DKT:
+def learner(kernel: str = "rbf", task: str = "regression", objective: str = "marginal") -> DKT:
     torch.manual_seed(0)
-    dkt = DKT(nn.Sequential(nn.Linear(DIM, 8), nn.Tanh(), nn.Linear(8, 4)), kernel, task).double()
+    dkt = DKT(nn.Sequential(nn.Linear(DIM, 8), nn.Tanh(), nn.Linear(8, 4)), kernel, task,
+              objective=objective).double()
     dkt.kernel.outputscale = 1.7
     dkt.likelihood.noise = 0.3
     if kernel == "rbf":
@@ -35,17 +36,18 @@ def learner(kernel: str = "rbf", task: str = "regression") -> DKT:
 
 
 def gram(dkt: DKT, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The kernel written out: ``s exp(-|a - b|^2 / (2 l^2))`` or ``s v <a/|a|, b/|b|>``."""
+    """The kernel written out: ``s exp(-|a - b|^2 / (2 l^2))``, ``s v <a, b>`` or ``s v <a/|a|, b/|b|>``."""
     s = float(dkt.kernel.outputscale.detach())
     if dkt.kernel_name == "rbf":
         ell = float(dkt.kernel.base_kernel.lengthscale.detach())
         return s * torch.exp(-torch.cdist(a, b).pow(2) / (2 * ell ** 2))
     v = float(dkt.kernel.base_kernel.variance.detach())
-    a, b = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    if dkt.kernel_name == "cosine":
+        a, b = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
     return s * v * a @ b.T
 
 
-@pytest.mark.parametrize("kernel", ["rbf", "cosine"])
+@pytest.mark.parametrize("kernel", ["rbf", "linear", "cosine"])
 def test_marginal_likelihood_matches_the_cholesky_closed_form(kernel):
     dkt = learner(kernel)
     g = torch.Generator().manual_seed(1)
@@ -62,7 +64,7 @@ def test_marginal_likelihood_matches_the_cholesky_closed_form(kernel):
                                atol=1e-9)
 
 
-@pytest.mark.parametrize("kernel", ["rbf", "cosine"])
+@pytest.mark.parametrize("kernel", ["rbf", "linear", "cosine"])
 def test_posterior_matches_the_closed_form(kernel):
     dkt = learner(kernel)
     g = torch.Generator().manual_seed(2)
@@ -91,6 +93,34 @@ def test_regression_interval_is_the_predictive_normal_with_the_noise():
     half = 1.959963984540054 * (var.T + float(dkt.noise.detach())).sqrt()
     torch.testing.assert_close(interval.upper - interval.mean, half)
     torch.testing.assert_close(interval.mean - interval.lower, half)
+
+
+def test_predictive_objective_is_the_query_nll_under_the_posterior_predictive():
+    """``objective="predictive"``: the meta-loss is the mean over tasks and query points of minus the log density of
+    each query target under ``N(mu, s^2 + sigma^2)`` given the support, written out with a linear solve."""
+    dkt = learner("linear", objective="predictive")
+    g = torch.Generator().manual_seed(6)
+    sx, qx = torch.randn(2, 5, DIM, generator=g, dtype=torch.float64), torch.randn(2, 4, DIM, generator=g,
+                                                                                  dtype=torch.float64)
+    # targets the learner holds in the default dtype (float32): the same values here
+    sy, qy = (torch.randn(2, n, 1, generator=g).double() for n in (5, 4))
+    sigma2 = float(dkt.noise.detach())
+    expected = []
+    with torch.no_grad():
+        for t in range(2):
+            z = dkt.embed(torch.cat([sx[t], qx[t]]))
+            zs, zq = z[:5], z[5:]
+            a = gram(dkt, zs, zs) + sigma2 * torch.eye(5, dtype=torch.float64)
+            cross = gram(dkt, zs, zq)
+            mean = cross.T @ torch.linalg.solve(a, sy[t])                                  # [Q, 1]
+            var = gram(dkt, zq, zq).diagonal() - (cross * torch.linalg.solve(a, cross)).sum(0)
+            sd = (var[:, None] + sigma2).sqrt()
+            nll = 0.5 * ((qy[t] - mean) / sd).pow(2) + sd.log() + 0.5 * math.log(2 * math.pi)
+            expected.append(nll.mean())
+        loss, _ = dkt.meta_loss(TaskBatch(sx, sy, qx, qy))
+        marginal, _ = learner("linear").meta_loss(TaskBatch(sx, sy, qx, qy))
+    torch.testing.assert_close(loss, torch.stack(expected).mean(), rtol=1e-9, atol=1e-9)
+    assert abs(float(marginal) - float(loss)) > 1e-3          # the option changes the objective
 
 
 def test_two_class_probabilities_match_the_closed_form_and_joint_sampling():
@@ -149,6 +179,8 @@ def test_options_refuse_bad_values():
         DKTOptions(kernel="matern").validate()
     with pytest.raises(ValueError, match="samples"):
         DKTOptions(samples=0).validate()
+    with pytest.raises(ValueError, match="unknown dkt objective 'joint'; use one of marginal, predictive"):
+        DKTOptions(objective="joint").validate()
 
 
 def test_sinusoid_run_reports_coverage_through_the_command(tmp_path, capsys):

@@ -1,7 +1,9 @@
 """Deep Kernel Transfer (Patacchiola et al. 2020): a Gaussian process over meta-learned embeddings, with GPyTorch.
 
-An encoder ``g`` maps inputs to embeddings ``z = g(x) [n, D]``; a GP with kernel ``k(z, z')`` (RBF, or the
-cosine kernel: a linear kernel of L2-normalised embeddings; each scaled by a learned output scale) and Gaussian
+An encoder ``g`` maps inputs to embeddings ``z = g(x) [n, D]``; a GP with kernel ``k(z, z')`` (RBF; the linear
+kernel ``<z, z'>``, i.e. Bayesian linear regression on the embedding with an isotropic Gaussian prior on the
+weights, as ALPaCA (Harrison et al. 2018); or the cosine kernel: a linear kernel of L2-normalised embeddings; each
+scaled by a learned output scale) and Gaussian
 observation noise ``sigma^2`` is put over them. Meta-training maximises the exact marginal likelihood of each
 training task's support and query points together (one set of ``n`` points), in the embedding's weights and the
 kernel's and likelihood's hyperparameters alike::
@@ -11,6 +13,11 @@ kernel's and likelihood's hyperparameters alike::
 (the outputs below share the kernel and the noise, so one Cholesky factor of ``K + sigma^2 I`` serves all of them,
 through GPyTorch's linear operators); the loss of a task is minus its sum over outputs. Predictions are the GP
 posterior given the support set, in closed form.
+
+``objective="predictive"`` trains instead on what is predicted: the mean over query points of minus the log
+density of each query target under its posterior predictive ``N(mu, s^2 + sigma^2)`` given the support set (summed
+over outputs), as ALPaCA does; the marginal likelihood also scores predictions from fewer points than the support
+set (its chain rule predicts each point from the ones before it), which the test never asks for.
 
 Classification, as in the DKT paper: ``N`` one-vs-rest GP regressions on targets ``+1`` (the class) and ``-1``
 (the others), sharing kernel and noise. This is used rather than GPyTorch's Dirichlet classification likelihood
@@ -43,7 +50,8 @@ from fewshot.registry import BuildContext, register_learner
 from fewshot.tasks.episode import Episode, RaggedTaskBatch, TaskBatch
 from fewshot.uncertainty import PredictiveInterval, gaussian_interval
 
-KERNELS = ("rbf", "cosine")
+KERNELS = ("rbf", "linear", "cosine")
+OBJECTIVES = ("marginal", "predictive")
 DEFAULT_SAMPLES = 256
 
 
@@ -61,20 +69,24 @@ class DKT(JointEmbeddingLearner):
 
     Args:
         encoder: ``[B, ...] -> [B, D]``, any ``nn.Module``.
-        kernel: ``"rbf"`` or ``"cosine"``.
+        kernel: ``"rbf"``, ``"linear"`` or ``"cosine"``.
         task: ``"classification"`` (one-vs-rest GPs on ±1) or ``"regression"`` (one GP, targets ``[n, 1]``).
         samples: draws of each class's latent per query for the class probabilities.
+        objective: ``"marginal"`` (the marginal likelihood of support and query together) or ``"predictive"``
+            (the query's posterior predictive given the support; module docstring).
         seed: seeds those draws (a generator seeded with it for each prediction, so a prediction is the same
             every time it is made).
         batchnorm: ``"batch"`` or ``"running"`` (:mod:`fewshot.learners.base`).
     """
 
     def __init__(self, encoder: nn.Module, kernel: str = "rbf", task: Task = "classification",
-                 samples: int = DEFAULT_SAMPLES, *, seed: int = 0, batchnorm: str = "batch"):
+                 samples: int = DEFAULT_SAMPLES, *, objective: str = "marginal", seed: int = 0,
+                 batchnorm: str = "batch"):
         super().__init__(batchnorm=batchnorm)
-        check_options(kernel, samples)
+        check_options(kernel, samples, objective)
         gpytorch = _gpytorch()
         self.encoder, self.kernel_name, self.task, self.samples, self.seed = encoder, kernel, task, samples, seed
+        self.objective = objective
         covar = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel() if kernel == "rbf"
                                              else gpytorch.kernels.LinearKernel())
         self.kernel, self.likelihood = covar, gpytorch.likelihoods.GaussianLikelihood()
@@ -107,6 +119,14 @@ class DKT(JointEmbeddingLearner):
         inv_quad, logdet = self._noisy_gram(self.features(z)).inv_quad_logdet(
             inv_quad_rhs=t.transpose(-1, -2), logdet=True, reduce_inv_quad=False)
         return (-0.5 * inv_quad - 0.5 * logdet.unsqueeze(-1) - 0.5 * n * math.log(2 * math.pi)) / n
+
+    def predictive_log_likelihood(self, support_z: torch.Tensor, t: torch.Tensor, query_z: torch.Tensor,
+                                  query_t: torch.Tensor) -> torch.Tensor:
+        """``[..., outputs]``: the mean over query points of the log density of each query target
+        ``query_t [..., outputs, Q]`` under its predictive ``N(mu, s^2 + sigma^2)`` given the support
+        (:meth:`posterior`; ``support_z [..., S, D]``, ``t [..., outputs, S]``, ``query_z [..., Q, D]``)."""
+        mean, var = self.posterior(support_z, t, query_z)
+        return torch.distributions.Normal(mean, (var + self.noise).sqrt()).log_prob(query_t).mean(-1)
 
     def posterior(self, support_z: torch.Tensor, t: torch.Tensor, query_z: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,9 +191,9 @@ class DKT(JointEmbeddingLearner):
         return mean + root @ eps
 
     def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
-        """Minus the marginal log likelihood (per point, summed over outputs) of support and query together;
-        the metric is that of the query predicted from the support by the posterior mean (not differentiated:
-        accuracy of its arg-max, or MSE)."""
+        """Minus the marginal log likelihood (per point, summed over outputs) of support and query together, or
+        minus the query's mean predictive log density (``objective="predictive"``); the metric is that of the query
+        predicted from the support by the posterior mean (not differentiated: accuracy of its arg-max, or MSE)."""
         return self.meta_loss(TaskBatch(*(t.unsqueeze(0) for t in (episode.support_x, episode.support_y,
                                                                    episode.query_x, episode.query_y))))
 
@@ -187,7 +207,10 @@ class DKT(JointEmbeddingLearner):
         labels = torch.cat([batch.support_y, batch.query_y], dim=1)
         ways = None if self.task == "regression" else int(labels.max()) + 1
         t = torch.stack([self.targets(y, ways) for y in labels])                                # [T, outputs, n + q]
-        loss = -self.marginal_log_likelihood(z, t).sum(-1).mean()
+        if self.objective == "predictive":
+            loss = -self.predictive_log_likelihood(z[:, :n], t[..., :n], z[:, n:], t[..., n:]).sum(-1).mean()
+        else:
+            loss = -self.marginal_log_likelihood(z, t).sum(-1).mean()
         with torch.no_grad():      # the training metric: the arg-max of the posterior mean (the DKT paper's rule)
             mean, _ = self.posterior(z[:, :n].detach(), t[..., :n], z[:, n:].detach())           # [T, outputs, q]
             outputs = mean.transpose(1, 2).flatten(0, 1)                                         # [T q, outputs]
@@ -217,9 +240,11 @@ def class_log_probs(mean: torch.Tensor, std: torch.Tensor, samples: int, seed: i
     return torch.log_softmax(log_p, dim=-1)
 
 
-def check_options(kernel: str, samples: int) -> None:
+def check_options(kernel: str, samples: int, objective: str = "marginal") -> None:
     if kernel not in KERNELS:
         raise ValueError(f"unknown dkt kernel {kernel!r}; use one of {', '.join(KERNELS)}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown dkt objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples (draws of each class's latent per query) must be an integer >= 1, got "
                          f"{samples!r}")
@@ -230,17 +255,21 @@ class DKTOptions:
     """The ``learner`` section of DKT runs.
 
     Attributes:
-        kernel: ``rbf`` or ``cosine`` (a linear kernel of L2-normalised embeddings).
+        kernel: ``rbf``, ``linear`` (Bayesian linear regression on the embedding) or ``cosine`` (a linear kernel
+            of L2-normalised embeddings).
         samples: draws of each class's latent per query for the class probabilities.
         feature_dim: regression: the width of the net's last layer, the embedding (default 40).
+        objective: ``marginal`` (the marginal likelihood of support and query together) or ``predictive`` (the
+            query's posterior predictive given the support).
     """
 
     kernel: str = "rbf"
     samples: int = DEFAULT_SAMPLES
     feature_dim: int = 40
+    objective: str = "marginal"
 
     def validate(self) -> None:
-        check_options(self.kernel, self.samples)
+        check_options(self.kernel, self.samples, self.objective)
         if self.feature_dim < 1:
             raise ValueError(f"feature_dim must be >= 1, got {self.feature_dim}")
 
@@ -248,4 +277,5 @@ class DKTOptions:
 @register_learner("dkt", options=DKTOptions, tasks=("classification", "regression"))
 def _build(options: DKTOptions, context: BuildContext) -> DKT:
     encoder = context.net(out_features=options.feature_dim) if context.task == "regression" else context.net()
-    return DKT(encoder, options.kernel, context.task, options.samples, seed=context.seed)
+    return DKT(encoder, options.kernel, context.task, options.samples, objective=options.objective,
+               seed=context.seed)
