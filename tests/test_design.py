@@ -169,3 +169,115 @@ def test_a_support_molecule_read_only_with_partial_sanitization_is_kept(tmp_path
     path.write_text("smiles,label\nCCO,1\nCC(CC(=N)C(=O)O)C[PH](=O)(=O)O,0\n")
     smiles, labels = read_support(path)
     assert labels == [1, 0] and "[PH]" in smiles[1]
+
+
+def test_nearest_similarity_is_the_largest_tanimoto_to_a_reference():
+    from rdkit import Chem, DataStructs
+    from rdkit.Chem import rdFingerprintGenerator
+
+    from fewshot.drug.properties import nearest_similarity
+
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
+    fp = [gen.GetFingerprint(Chem.MolFromSmiles(s)) for s in SEEDS]
+    got = nearest_similarity(SEEDS[:2], SEEDS[2:4])
+    for k in range(2):
+        assert float(got[k]) == pytest.approx(max(DataStructs.TanimotoSimilarity(fp[k], fp[j]) for j in (2, 3)))
+    assert nearest_similarity(SEEDS[:2], SEEDS[:2]).tolist() == [1.0, 1.0]
+    assert nearest_similarity(SEEDS[:2], []).tolist() == [0.0, 0.0]
+
+
+def test_the_trust_region_keeps_every_proposal_near_an_anchor():
+    from fewshot.drug.properties import nearest_similarity
+
+    anchors = SEEDS[:2]
+    free = evolve(SEEDS, _qed, Constraints(), GAConfig(population=30, steps=3, proposals=90, seed=2), progress=False)
+    assert min(nearest_similarity([s for s, _, _ in free.proposals], anchors).tolist()) < 0.35 and free.outside == 0
+    cfg = GAConfig(population=30, steps=3, proposals=90, seed=2, min_similarity=0.35)
+    st = evolve(SEEDS, _qed, Constraints(), cfg, progress=False, anchors=anchors)
+    assert st.proposals and st.outside > 0
+    assert len(st.proposals) == st.products - st.invalid - st.rejected - st.outside
+    assert min(nearest_similarity([s for s, _, _ in st.proposals], anchors).tolist()) >= 0.35
+    with pytest.raises(ValueError, match="needs anchor molecules"):
+        evolve(SEEDS, _qed, Constraints(), cfg, progress=False)
+    with pytest.raises(ValueError, match="min_similarity"):
+        GAConfig(min_similarity=1.5)
+
+
+def _poisoned_root(root: Path, support: Path, task: str) -> Path:
+    """A copy of the FS-Mol fixture in which every label of ``task`` outside the support file is flipped."""
+    import gzip
+    import shutil
+
+    shutil.copytree(FIXTURES, root)
+    kept = {canonical(r["smiles"]) for r in csv.DictReader(open(support))}
+    path = root / "fsmol" / "fsmol_valid.csv.gz"
+    with gzip.open(path, "rt", newline="") as f:
+        rows = list(csv.DictReader(f))
+    flipped = 0
+    for r in rows:
+        if r["task"] == task and canonical(r["smiles"]) not in kept:
+            r["label"] = "0.0" if float(r["label"]) == 1 else "1.0"
+            flipped += 1
+    assert flipped > 50
+    with gzip.open(path, "wt", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def test_the_generator_never_sees_the_oracle_or_the_assays_other_labels(setup, tmp_path, capsys, monkeypatch):
+    """The proposals are fixed before the oracle or the assay's measurements are read, and flipping every label of
+    the assay outside the support changes no proposal."""
+    import fewshot.commands.design as command
+    import fewshot.drug.oracle as oracle
+
+    run, support = setup
+    finished = []
+
+    def evolve_then_mark(*args, **kwargs):
+        state = evolve(*args, **kwargs)
+        finished.append(len(state.proposals))
+        return state
+
+    def after_the_proposals(original):
+        def read(*args, **kwargs):
+            assert finished, "the generator read the assay's measurements before its proposals were fixed"
+            return original(*args, **kwargs)
+        return read
+
+    monkeypatch.setattr(command, "evolve", evolve_then_mark)
+    monkeypatch.setattr(oracle, "assay_measurements", after_the_proposals(oracle.assay_measurements))
+    monkeypatch.setattr(oracle, "ProxyOracle", after_the_proposals(oracle.ProxyOracle))
+    poisoned = _poisoned_root(tmp_path / "poisoned", support, TASK)
+    outputs = []
+    for root in (FIXTURES, poisoned):
+        finished.clear()
+        argv = ["design", run, "--support", support, "--n", "40", "--steps", "2", "--population", "20",
+                "--min-similarity", "0.2", "--similarity-weight", "0.5", "--out", tmp_path / root.name,
+                "--data-root", root, "--oracle", TASK, "--json"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code, out, err = cli(argv, capsys)
+        assert code == 0, err
+        outputs.append(json.loads(out.strip().splitlines()[-1]))
+    clean, flipped = outputs
+    assert clean["top"] and clean["top"] == flipped["top"] and clean["products"] == flipped["products"]
+    assert clean["oracle"]["top10_mean"] != flipped["oracle"]["top10_mean"]      # the oracle did read the labels
+    table = list(csv.DictReader(open(tmp_path / FIXTURES.name / "candidates.csv")))
+    fitness = [float(r["fitness"]) for r in table]
+    assert fitness == sorted(fitness, reverse=True) and min(float(r["similarity"]) for r in table) >= 0.2
+    for r in table:
+        assert float(r["fitness"]) == pytest.approx(0.5 * float(r["predicted_activity"]) + 0.5 * float(r["similarity"]),
+                                                    abs=2e-3)
+
+
+def test_fresh_only_does_not_propose_a_population_member_again():
+    seeds = {canonical(s) for s in SEEDS}
+    again = evolve(SEEDS, _qed, Constraints(), GAConfig(population=60, steps=1, proposals=200, seed=5), progress=False)
+    repeated = sum(s in seeds for s, _, _ in again.proposals)
+    assert repeated > 0            # the plain algorithm makes some of its parents again
+    cfg = GAConfig(population=60, steps=1, proposals=200, seed=5, fresh_only=True)
+    fresh = evolve(SEEDS, _qed, Constraints(), cfg, progress=False)
+    assert fresh.repeats == repeated and not any(s in seeds for s, _, _ in fresh.proposals)
+    assert [p for p in again.proposals if p[0] not in seeds] == fresh.proposals

@@ -1,12 +1,16 @@
 """``fewshot design RUN --support FILE.csv --out DIR``: propose new molecules for an assay from a few measured ones.
 
 The run's learner adapts to the support file's labelled molecules (``smiles,label``, 1 active, 0 inactive); the
-genetic algorithm of :mod:`fewshot.drug.design` evolves molecules from them, its fitness the adapted model's
-predicted activity, keeping only valid molecules that meet the drug-likeness constraints. DIR receives
-``candidates.csv`` (the distinct novel proposals, best predicted first, with their properties), ``top.png`` (the
-best as a grid), ``summary.json`` and ``state.json`` (the algorithm's state after each generation: a rerun with
-the same settings resumes from it). ``--oracle TASK`` scores the top candidates with the proxy oracle of
-:mod:`fewshot.drug.oracle` trained on all of that FS-Mol assay's measurements (a proxy, not a measurement).
+genetic algorithm of :mod:`fewshot.drug.design` evolves molecules from them (``--seeds``: the whole support or its
+actives), its fitness ``(1 - W) p + W s`` of the adapted model's predicted activity ``p`` and the Tanimoto
+similarity ``s`` to the nearest support active (``--similarity-weight W``), keeping only valid molecules that meet
+the drug-likeness constraints and lie within ``--min-similarity`` of a support active (the trust region). DIR
+receives ``candidates.csv`` (the distinct novel proposals, fittest first, with their predicted activity, similarity
+and properties), ``top.png`` (the best as a grid), ``summary.json`` and ``state.json`` (the algorithm's state
+after each generation: a rerun with the same settings resumes from it). ``--oracle TASK`` scores the top
+candidates with the proxy oracle of :mod:`fewshot.drug.oracle` trained on all of that FS-Mol assay's measurements
+(a proxy, not a measurement), and with a second forest trained on them without the support molecules. Neither is
+built, nor the assay's measurements read, before the proposals are fixed.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from fewshot.datasets.featurize import _assemble, _compute
 from fewshot.datasets.molecules import MOLECULE_DATASETS
 from fewshot.drug.acquisition import activity
 from fewshot.drug.design import GAConfig, GAState, evolve
-from fewshot.drug.properties import Constraints, canonical, features, tanimoto_diversity
+from fewshot.drug.properties import Constraints, canonical, features, nearest_similarity, tanimoto_diversity
 from fewshot.files import atomic_write
 
 NAME = "design"
 GRID = 20          # molecules in top.png
 JUDGED = 10        # top candidates the oracle scores
+SEEDS, MIN_SIMILARITY, SIMILARITY_WEIGHT = "support", 0.0, 0.0     # the generator's defaults (docs: drug-design)
 
 
 def _range(text: str) -> tuple[float, float]:
@@ -38,6 +43,16 @@ def _range(text: str) -> tuple[float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"give LOW,HIGH, e.g. 200,500; got {text}") from None
     return low, high
+
+
+def _unit(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"give a number in 0..1, got {text}")
+    return value
 
 
 def add_parser(sub, parser_class) -> None:
@@ -55,6 +70,15 @@ def add_parser(sub, parser_class) -> None:
     p.add_argument("--sa-max", type=float, default=4.5, help="largest synthetic accessibility score (default 4.5)")
     p.add_argument("--mw", type=_range, default=(200.0, 500.0), help="molecular weight range LOW,HIGH (200,500)")
     p.add_argument("--logp", type=_range, default=(-1.0, 5.0), help="Crippen logP range LOW,HIGH (-1,5)")
+    p.add_argument("--seeds", choices=("support", "actives"), default=SEEDS, help="the first population: the whole "
+                   f"support or only its actives (default {SEEDS})")
+    p.add_argument("--min-similarity", type=_unit, default=MIN_SIMILARITY, help="trust region: propose only molecules "
+                   "whose Tanimoto similarity to the nearest support active is at least this (0: no region; default "
+                   f"{MIN_SIMILARITY})")
+    p.add_argument("--similarity-weight", type=_unit, default=SIMILARITY_WEIGHT, help="fitness (1 - W) * predicted "
+                   f"activity + W * similarity to the nearest support active (default {SIMILARITY_WEIGHT})")
+    p.add_argument("--fresh-only", action="store_true", help="do not propose again a product that is already in the "
+                   "population")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the algorithm")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--data-root", help="directory of the run's data (training molecules, for novelty; the oracle)")
@@ -126,7 +150,7 @@ def run(args: argparse.Namespace) -> None:
 
     constraints = Constraints(args.qed_min, args.sa_max, args.mw, args.logp)
     cfg = GAConfig(population=args.population, steps=args.steps, proposals=args.n, mutation_rate=args.mutation_rate,
-                   seed=args.seed)
+                   seed=args.seed, min_similarity=args.min_similarity, fresh_only=args.fresh_only)
     if args.oracle and not args.data_root:
         raise ValueError("--oracle reads the assay's measurements from the data root: pass --data-root DIR")
     smiles, labels = read_support(Path(args.support))
@@ -142,17 +166,26 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"run": str(Path(args.run_dir).resolve()), "checkpoint": args.checkpoint, "support": smiles,
-                "labels": labels, "ga": vars(cfg), "constraints": vars(constraints)}
+                "labels": labels, "ga": vars(cfg), "constraints": vars(constraints), "seeds": args.seeds,
+                "similarity_weight": args.similarity_weight}
     settings = json.loads(json.dumps(settings))       # as settings.json reads back (tuples become lists)
     _check_settings(out, settings)
 
-    def fitness(batch: list[str]) -> torch.Tensor:
+    actives = [s for s, y in zip(smiles, labels) if y == 1]
+
+    def predicted(batch: list[str]) -> torch.Tensor:
         return activity(learner, support_x, support_y, features(batch, spec)).float()
 
-    state = evolve(smiles, fitness, constraints, cfg, out / "state.json", progress=True)
-    summary = _report(state, smiles, labels, lambda found: seen_in_training(config, args.data_root, found), out,
-                      args)
-    summary["support_best_predicted"] = float(fitness([s for s, y in zip(smiles, labels) if y == 1]).max())
+    def fitness(batch: list[str]) -> torch.Tensor:
+        w = args.similarity_weight
+        p = predicted(batch)
+        return p if w == 0 else (1 - w) * p + w * nearest_similarity(batch, actives).float()
+
+    state = evolve(actives if args.seeds == "actives" else smiles, fitness, constraints, cfg, out / "state.json",
+                   progress=True, anchors=actives)
+    summary = _report(state, smiles, labels, lambda found: seen_in_training(config, args.data_root, found), predicted,
+                      out, args)
+    summary["support_best_predicted"] = float(predicted(actives).max())
     summary["wall_s"] = round(time.time() - started, 1)
     atomic_write(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
     print(json.dumps(summary) if args.json else _line(summary))
@@ -166,9 +199,10 @@ def _check_settings(out: Path, settings: dict) -> None:
     atomic_write(path, (json.dumps(settings) + "\n").encode())
 
 
-def _report(state: GAState, smiles: list[str], labels: list[int], in_training, out: Path,
+def _report(state: GAState, smiles: list[str], labels: list[int], in_training, predicted, out: Path,
             args: argparse.Namespace) -> dict:
-    """Write candidates.csv and top.png; the summary (validity, uniqueness, novelty, diversity, the oracle's view)."""
+    """Write candidates.csv and top.png; the summary (validity, uniqueness, novelty, diversity, the oracle's view).
+    The candidates are ranked by fitness; ``predicted`` gives the model's predicted activity ``[n]`` of ``n`` SMILES."""
     proposals = state.proposals
     distinct = {}
     for s, f, props in proposals:
@@ -177,51 +211,72 @@ def _report(state: GAState, smiles: list[str], labels: list[int], in_training, o
     training = in_training(list(distinct))
     novel = {s: v for s, v in distinct.items() if s not in support and s not in training}
     ranked = sorted(novel.items(), key=lambda kv: -kv[1][0])
+    names = [s for s, _ in ranked]
+    activity_of = predicted(names).tolist() if names else []
+    similarity = nearest_similarity(names, [s for s, y in zip(smiles, labels) if y == 1]).tolist()
     summary = {"proposals": len(proposals), "products": state.products,
                "valid": (state.products - state.invalid) / max(state.products, 1),
                "proposal_valid": sum(canonical(s) is not None for s, _, _ in proposals) / max(len(proposals), 1),
                "passed_constraints": 1 - state.rejected / max(state.products - state.invalid, 1),
+               "outside_trust_region": state.outside / max(state.products - state.invalid - state.rejected, 1),
                "unique": len(distinct) / max(len(proposals), 1),
                "novel": len(novel) / max(len(distinct), 1),
                "novel_vs_support": sum(s not in support for s in distinct) / max(len(distinct), 1),
                "diversity": tanimoto_diversity(list(distinct)),
                "generations": state.generation,
-               "top10_predicted": sum(v[0] for _, v in ranked[:JUDGED]) / max(min(len(ranked), JUDGED), 1),
-               "top": [s for s, _ in ranked[:JUDGED]]}
+               "top10_fitness": _mean([v[0] for _, v in ranked[:JUDGED]]),
+               "top10_predicted": _mean(activity_of[:JUDGED]),
+               "top10_similarity": _mean(similarity[:JUDGED]),
+               "top": names[:JUDGED]}
     oracle_scores = None
     if args.oracle:
         summary["oracle"], oracle_scores = _judge(args, [s for s, _ in ranked[:JUDGED]], smiles, labels)
     with open(out / "candidates.csv.tmp", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["smiles", "predicted_activity", "qed", "sa", "mw", "logp"]
+        writer.writerow(["smiles", "fitness", "predicted_activity", "similarity", "qed", "sa", "mw", "logp"]
                         + (["oracle"] if oracle_scores is not None else []))
         for k, (s, (fit, p)) in enumerate(ranked):
             extra = [f"{oracle_scores[k]:.4f}"] if oracle_scores is not None and k < len(oracle_scores) else []
-            writer.writerow([s, f"{fit:.4f}", f"{p['qed']:.3f}", f"{p['sa']:.3f}", f"{p['mw']:.1f}",
-                             f"{p['logp']:.2f}"] + extra)
+            writer.writerow([s, f"{fit:.4f}", f"{activity_of[k]:.4f}", f"{similarity[k]:.3f}", f"{p['qed']:.3f}",
+                             f"{p['sa']:.3f}", f"{p['mw']:.1f}", f"{p['logp']:.2f}"] + extra)
     (out / "candidates.csv.tmp").replace(out / "candidates.csv")
-    _grid(ranked[:GRID], out / "top.png")
+    _grid(ranked[:GRID], activity_of[:GRID], out / "top.png")
     return summary
 
 
 def _judge(args: argparse.Namespace, top: list[str], smiles: list[str], labels: list[int]) -> tuple[dict, list]:
-    """The proxy oracle's scores of the top proposals beside its out-of-bag scores of the support's actives."""
+    """The proxy oracle's scores of the top proposals beside its out-of-bag scores of the support's actives, and
+    the view of a second forest trained on the assay's measurements without the support molecules, which scores
+    the support's actives and the proposals alike as molecules it has not seen (``support_blind``)."""
     from fewshot.drug.oracle import ProxyOracle, assay_measurements
 
     assay_smiles, assay_labels = assay_measurements(args.data_root, args.oracle_split, args.oracle)
     oracle = ProxyOracle(assay_smiles, assay_labels, seed=args.seed)
+    actives = [s for s, y in zip(smiles, labels) if y == 1]
+    view = _oracle_view(oracle, top, actives)
+    view.update({"task": args.oracle, "split": args.oracle_split, "measurements": len(assay_labels),
+                 "assay_actives_mean": float(oracle.oob[[y == 1 for y in assay_labels]].mean())})
+    support = set(smiles)
+    rest = [(s, y) for s, y in zip(assay_smiles, assay_labels) if canonical(s) not in support]
+    view["support_blind"] = _oracle_view(ProxyOracle(*zip(*rest), seed=args.seed), top, actives)
+    return view, oracle.score(top).tolist() if top else []
+
+
+def _oracle_view(oracle, top: list[str], actives: list[str]) -> dict:
+    """How ``oracle`` scores the ``top`` proposals against the support's ``actives``."""
     scores = oracle.score(top).tolist() if top else []
-    actives = oracle.score([s for s, y in zip(smiles, labels) if y == 1])
-    best = float(actives.max())
-    mean = sum(scores) / len(scores) if scores else 0.0
-    return {"task": args.oracle, "split": args.oracle_split, "measurements": len(assay_labels),
-            "top10_mean": mean, "top10_above_best_active": sum(s > best for s in scores),
-            "best_support_active": best, "support_actives_mean": float(actives.mean()),
-            "assay_actives_mean": float(oracle.oob[[y == 1 for y in assay_labels]].mean()),
-            "beats_best_active": mean > best}, scores
+    support = oracle.score(actives)
+    best, mean = float(support.max()), _mean(scores)
+    return {"top10_mean": mean, "top10_above_best_active": sum(s > best for s in scores),
+            "best_support_active": best, "support_actives_mean": float(support.mean()),
+            "beats_best_active": mean > best}
 
 
-def _grid(ranked: list, path: Path) -> None:
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _grid(ranked: list, activity_of: list[float], path: Path) -> None:
     from rdkit import Chem
     from rdkit.Chem import Draw
 
@@ -229,7 +284,8 @@ def _grid(ranked: list, path: Path) -> None:
         return
     mols = [Chem.MolFromSmiles(s) for s, _ in ranked]
     image = Draw.MolsToGridImage(mols, molsPerRow=5, subImgSize=(250, 250),
-                                 legends=[f"p={fit:.2f} QED={p['qed']:.2f} SA={p['sa']:.1f}" for _, (fit, p) in ranked])
+                                 legends=[f"p={a:.2f} QED={p['qed']:.2f} SA={p['sa']:.1f}"
+                                          for a, (_, (_, p)) in zip(activity_of, ranked)])
     image.save(str(path))
 
 
@@ -240,5 +296,6 @@ def _line(s: dict) -> str:
     if "oracle" in s:
         o = s["oracle"]
         text += (f"; proxy oracle ({o['task']}): top 10 {o['top10_mean']:.3f} vs best support active "
-                 f"{o['best_support_active']:.3f} ({o['top10_above_best_active']}/10 above)")
+                 f"{o['best_support_active']:.3f} ({o['top10_above_best_active']}/10 above); without the support "
+                 f"{o['support_blind']['top10_mean']:.3f} vs {o['support_blind']['best_support_active']:.3f}")
     return text

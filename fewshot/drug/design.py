@@ -21,9 +21,13 @@ RDKit's sanitization then decides whether the product is a molecule.
 A product is **valid** when RDKit sanitizes it and reads back its canonical SMILES as one molecule; a valid product
 is **proposed** when it also meets the structure rules of the paper's filter (no ring larger than 7 atoms, no
 double or aromatic bond in a 3- or 4-membered ring, no allene, 6 to 60 heavy atoms) and the drug-likeness
-:class:`~fewshot.drug.properties.Constraints`. The next population is the ``population`` fittest distinct
+:class:`~fewshot.drug.properties.Constraints`, and, with ``min_similarity`` > 0, lies inside the **trust region**:
+its Tanimoto similarity (Morgan radius 2, 2048 bits) to the nearest of the caller's anchor molecules is at least
+``min_similarity`` (for ``fewshot design`` the anchors are the support's actives, so proposals stay analogues of
+measured actives, as a medicinal chemist's would). The next population is the ``population`` fittest distinct
 molecules among the current one and the proposals (an elitist (mu + lambda) replacement). Fitness is what the
-caller gives: for ``fewshot design``, the adapted few-shot model's predicted activity.
+caller gives: for ``fewshot design``, the adapted few-shot model's predicted activity, optionally mixed with the
+similarity to the nearest support active.
 
 Everything is drawn from one ``random.Random(seed)``; the state after each generation can be saved and resumed
 (:func:`evolve` with ``state``).
@@ -41,7 +45,7 @@ from typing import Callable, Sequence
 import torch
 
 from fewshot.datasets.featurize import parse_smiles, require_rdkit
-from fewshot.drug.properties import Constraints, canonical, properties
+from fewshot.drug.properties import Constraints, canonical, nearest_similarity, properties
 from fewshot.files import atomic_write
 from fewshot.progress import progress_bar
 
@@ -259,7 +263,9 @@ def structure_ok(mol) -> bool:
 @dataclass(frozen=True)
 class GAConfig:
     """Settings of :func:`evolve`: ``population`` children a generation for ``steps`` generations; the last
-    ``proposals`` proposed molecules are its output."""
+    ``proposals`` proposed molecules are its output. With ``min_similarity`` > 0, a product is proposed only inside
+    the trust region: its Tanimoto similarity to the nearest anchor of :func:`evolve` is at least that. With
+    ``fresh_only``, a product that is already in the population is not proposed again (its fitness is known)."""
 
     population: int = 200
     steps: int = 20
@@ -267,6 +273,8 @@ class GAConfig:
     mutation_rate: float = 0.5
     tries: int = 10
     seed: int = 0
+    min_similarity: float = 0.0
+    fresh_only: bool = False
 
     def __post_init__(self) -> None:
         for name in ("population", "steps", "proposals", "tries"):
@@ -274,13 +282,17 @@ class GAConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if not 0 <= self.mutation_rate <= 1:
             raise ValueError(f"mutation_rate must be in 0..1, got {self.mutation_rate}")
+        if not 0 <= self.min_similarity <= 1:
+            raise ValueError(f"min_similarity (the trust region's Tanimoto bound) must be in 0..1, got "
+                             f"{self.min_similarity}")
 
 
 @dataclass
 class GAState:
     """Where :func:`evolve` stands: the population ``(smiles, fitness)``, the last proposals ``(smiles, fitness,
-    properties)``, the counts of products, invalid products and valid ones rejected by the rules or constraints,
-    and the random stream's state."""
+    properties)``, the counts of products, invalid products, valid ones rejected by the rules or constraints and
+    ones that met them outside the trust region, the products already in the population that ``fresh_only`` did
+    not propose again, and the random stream's state."""
 
     generation: int = 0
     population: list = field(default_factory=list)
@@ -288,6 +300,8 @@ class GAState:
     products: int = 0
     invalid: int = 0
     rejected: int = 0
+    outside: int = 0
+    repeats: int = 0
     rng: list | None = None
 
     def save(self, path: Path) -> None:
@@ -314,12 +328,17 @@ def _child(parents, weights, cfg: GAConfig, rng: random.Random):
 
 
 def evolve(seeds: Sequence[str], fitness: Fitness, constraints: Constraints, cfg: GAConfig,
-           state: Path | None = None, progress: bool = True) -> GAState:
+           state: Path | None = None, progress: bool = True, anchors: Sequence[str] = ()) -> GAState:
     """Run the genetic algorithm from the molecules ``seeds`` (SMILES); returns the final :class:`GAState`.
+
+    ``anchors`` (SMILES; for ``fewshot design``, the support's actives) centre the trust region of
+    ``cfg.min_similarity``; it needs at least one.
 
     With ``state``, the state is saved there after every generation and a run is resumed from it (it must have been
     written with the same seeds and settings: the caller checks).
     """
+    if cfg.min_similarity > 0 and not anchors:
+        raise ValueError("a trust region (min_similarity > 0) needs anchor molecules to measure similarity to")
     if state is not None and state.is_file():
         st = GAState(**json.loads(state.read_text()))
     else:
@@ -338,6 +357,7 @@ def evolve(seeds: Sequence[str], fitness: Fitness, constraints: Constraints, cfg
     for generation in bar:
         parents = [kekulized(parse_smiles(s)[0]) for s, _ in st.population]
         weights = [max(f, 0.0) + 1e-6 for _, f in st.population]
+        members = {s for s, _ in st.population}
         made = []
         for _ in range(cfg.population):
             st.products += 1
@@ -346,11 +366,18 @@ def evolve(seeds: Sequence[str], fitness: Fitness, constraints: Constraints, cfg
                 st.invalid += 1
                 continue
             mol, smiles = done
+            if cfg.fresh_only and smiles in members:
+                st.repeats += 1
+                continue
             props = properties(mol) if structure_ok(mol) else None
             if props is None or not constraints.met(props):
                 st.rejected += 1
                 continue
             made.append((smiles, props))
+        if made and cfg.min_similarity > 0:
+            inside = (nearest_similarity([s for s, _ in made], anchors) >= cfg.min_similarity).tolist()
+            st.outside += inside.count(False)
+            made = [m for m, ok in zip(made, inside) if ok]
         if made:
             scores = fitness([s for s, _ in made]).tolist()
             window.extend((s, f, p) for (s, p), f in zip(made, scores))

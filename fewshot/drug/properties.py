@@ -109,17 +109,39 @@ def features(smiles: Sequence[str], spec: FeaturizerSpec, scale=None) -> torch.T
     return done.features.rows(torch.arange(len(smiles)))
 
 
+def fingerprints(smiles: Sequence[str], radius: int = 2, size: int = 2048) -> list:
+    """RDKit Morgan bit fingerprints (``radius``, ``size`` bits) of ``smiles``, for Tanimoto similarities; each
+    molecule read as :func:`canonical` reads it."""
+    require_rdkit()
+    from rdkit.Chem import rdFingerprintGenerator
+
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=size)
+    mols = [parse_smiles(s)[0] for s in smiles]
+    if None in mols:
+        raise ValueError(f"RDKit cannot read SMILES {smiles[mols.index(None)]!r}; fix or drop it")
+    return [gen.GetFingerprint(m) for m in mols]
+
+
+def nearest_similarity(smiles: Sequence[str], references: Sequence[str]) -> torch.Tensor:
+    """The largest Tanimoto similarity ``[n]`` of each of ``smiles [n]`` to any of ``references`` (Morgan radius 2,
+    2048 bits, :func:`fingerprints`); 0 for every molecule when there are no references."""
+    from rdkit import DataStructs
+
+    refs = fingerprints(references)
+    if not refs:
+        return torch.zeros(len(smiles), dtype=torch.float64)
+    return torch.tensor([max(DataStructs.BulkTanimotoSimilarity(fp, refs)) for fp in fingerprints(smiles)],
+                        dtype=torch.float64)
+
+
 def tanimoto_diversity(smiles: Sequence[str], radius: int = 2, size: int = 2048) -> float:
     """Internal diversity: the mean pairwise Tanimoto distance ``1 - sim`` of the Morgan bit fingerprints of
     ``smiles`` (over the ``n (n - 1) / 2`` distinct pairs; 0 for fewer than two)."""
     if len(smiles) < 2:
         return 0.0
-    Chem = require_rdkit()
     from rdkit import DataStructs
-    from rdkit.Chem import rdFingerprintGenerator
 
-    gen = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=size)
-    fps = [gen.GetFingerprint(Chem.MolFromSmiles(s)) for s in smiles]
+    fps = fingerprints(smiles, radius, size)
     total = sum(sum(DataStructs.BulkTanimotoSimilarity(fps[i], fps[i + 1:])) for i in range(len(fps) - 1))
     pairs = len(fps) * (len(fps) - 1) / 2
     return 1.0 - total / pairs
