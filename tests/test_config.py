@@ -21,7 +21,10 @@ def write_yaml(tmp_path: Path, text: str) -> Path:
 
 def test_maml_omniglot_recipe():
     cfg = resolve({}, {"algo": "maml", "dataset": "omniglot"})
-    assert (cfg.inner_lr, cfg.inner_steps, cfg.meta_batch) == (0.4, 1, 32)
+    assert (cfg.inner_lr, cfg.inner_steps, cfg.meta_batch) == (0.4, 1, 8)
+    assert cfg.rotations and cfg.lr_schedule == "cosine" and cfg.precision == "float32"
+    paper = resolve(load_yaml(Path(__file__).parent.parent / "configs" / "maml-omniglot-5w1s.yaml"), {})
+    assert (paper.meta_batch, paper.rotations, paper.lr_schedule) == (32, False, "step")   # Finn et al.'s
     assert cfg.eval_inner_steps == 3 and cfg.test_inner_steps == 3
     assert (cfg.ways, cfg.shots, cfg.queries) == (5, 1, 15)
     assert cfg.net == "conv4-strided" and cfg.lr == 0.001
