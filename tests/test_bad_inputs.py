@@ -124,6 +124,8 @@ CASES = [
     Case("config-dropout", "dropout for a net without it", "train --config {d}/dropout.yaml"),
     Case("config-ema", "a weight-average decay outside (0, 1)", "train --config {d}/ema.yaml"),
     Case("config-lr-decay", "a learning-rate decay that would grow it", "train --config {d}/lr-decay.yaml"),
+    Case("config-lr-schedule", "an unknown learning-rate schedule", "train --config {d}/lr-schedule.yaml"),
+    Case("config-cosine-decay", "a step decay under the cosine schedule", "train --config {d}/cosine-decay.yaml"),
     Case("config-pooling", "an unknown pooling of the conv net", "train --config {d}/pooling.yaml"),
     Case("config-channels-relation", "conv widths for a learner with its own encoder",
          "train --config {d}/channels.yaml"),
@@ -245,7 +247,8 @@ def d(tmp_path_factory) -> Path:
                "distance": "algo: protonet\ndistance: cosine\n", "pretrain": "algo: finetune\npretrain_classes: 5\n",
                "grad-clip": "grad_clip: 0\n", "ragged": "ragged_queries: true\n",
                "dropout": "dropout: 0.3\n", "ema": "ema: 1\n",
-               "lr-decay": "lr_decay: 2\n", "pooling": "pooling: max\n",
+               "lr-decay": "lr_decay: 2\n", "pooling": "pooling: max\n", "lr-schedule": "lr_schedule: linear\n",
+               "cosine-decay": "lr_decay: 0.5\n",
                "channels": "algo: relation\nchannels: 128\n",
                "pooling-resnet12": "net: resnet12\npooling: flatten\n",
                "relation-resnet12": "algo: relation\nnet: resnet12\n"}

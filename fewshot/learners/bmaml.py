@@ -48,6 +48,7 @@ from torch import nn
 from torch.func import grad, vmap
 
 from fewshot.learners.base import Learner, Task, mean_metrics, metric_name, task_loss, task_metric
+from fewshot.learners.ensemble import mean_log_probs
 from fewshot.learners.gradient import Params, check_inner_loop, functional_forward, parameter_slots
 from fewshot.nets.norm import exact_under_vmap, native_batchnorm
 from fewshot.registry import BuildContext, register_learner
@@ -234,7 +235,7 @@ class BMAML(Learner):
         """Classification: ``log (1/M) sum_m softmax(logits_m)`` ``[Q, N]``, the log posterior predictive;
         regression: the particles' mean prediction ``[Q, d]``."""
         outputs = self.particle_outputs(adapted, query_x)
-        return outputs.mean(0) if self.task == "regression" else log_predictive(outputs)
+        return outputs.mean(0) if self.task == "regression" else mean_log_probs(outputs)
 
     @property
     def noise(self) -> torch.Tensor:
@@ -258,7 +259,7 @@ class BMAML(Learner):
         """:meth:`episode_loss` of the particles' query outputs ``outputs [M, Q, ...]`` and labels or targets
         ``query_y``."""
         if self.task != "regression":
-            predictive = log_predictive(outputs)
+            predictive = mean_log_probs(outputs)
             loss = task_loss(predictive, query_y, self.task)
             return loss, {"loss": float(loss.detach()), metric_name(self.task): task_metric(predictive, query_y,
                                                                                             self.task)}
@@ -289,10 +290,6 @@ class BMAML(Learner):
         (loss * (batch.num_tasks / (total_tasks or batch.num_tasks))).backward()
         return metrics
 
-
-def log_predictive(logits: torch.Tensor) -> torch.Tensor:
-    """``log (1/M) sum_m softmax(logits_m)``: the particles' logits ``[M, Q, N]`` -> ``[Q, N]``."""
-    return torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=0) - math.log(logits.shape[0])
 
 
 @dataclass
