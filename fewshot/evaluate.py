@@ -69,11 +69,17 @@ class EvalResult:
         return f"{self.mean:.4f} ± {self.ci95:.4f} ({self.episodes} episodes)"
 
 
-def confidence_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the normal 95% interval, ``1.96 * sample std / sqrt(n)``."""
+def mean_stderr(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error ``sample std / sqrt(n)`` of ``values`` (0 for one value)."""
     t = torch.tensor(values, dtype=torch.float64)
     std = float(t.std(unbiased=True)) if len(values) > 1 else 0.0
-    return float(t.mean()), 1.96 * std / math.sqrt(len(values))
+    return float(t.mean()), std / math.sqrt(len(values))
+
+
+def confidence_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the normal 95% interval, ``1.96 * sample std / sqrt(n)``."""
+    mean, stderr = mean_stderr(values)
+    return mean, 1.96 * stderr
 
 
 def _ranking_score(metric: str, logits: torch.Tensor, episode: Episode) -> float:

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from fewshot.drug.acquisition import ACQUISITIONS, Moments, acquisition_scores, learner_moments, top
+from fewshot.evaluate import mean_stderr
 from fewshot.files import atomic_write
 from fewshot.learners.base import Learner
 from fewshot.learners.forest import RandomForest
@@ -167,12 +168,6 @@ def run_assay(tasks: AssayTasks, index: int, draws: int, spec: SelectionSpec, sc
         curve = _curve(hits[name], spec.batch)
         record[name] = {**asdict(curve), "enrichment": curve.hit_rate / active if active > 0 else None}
     return record
-
-
-def mean_stderr(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error (``std / sqrt(n)``, sample std) of ``values``; the error is 0 for one value."""
-    t = torch.tensor(values, dtype=torch.float64)
-    return float(t.mean()), float(t.std() / math.sqrt(len(t))) if len(t) > 1 else 0.0
 
 
 def _column_mean(rows: list[list[float]]) -> list[float]:
