@@ -21,6 +21,8 @@ def test_search_space_holds_the_learners_own_switches():
     assert set(search_space("maml")) == {"inner_lr", "inner_steps", "meta_batch", "lr", "multi_step_loss"}
     assert set(search_space("protonet")) == {"meta_batch", "lr"}
     assert search_space("maml")["inner_lr"] == ("log", 0.01, 1.0)
+    # DKT's per-task GP scale is for regression only
+    assert "task_scale" not in search_space("dkt") and "task_scale" in search_space("dkt", "regression")
 
 
 def test_pareto_front_by_brute_force():
@@ -74,3 +76,26 @@ def test_transfer_study_scores_every_setting(tmp_path, capsys):
                  "--out", str(out)]) == 0
     row = json.loads((out / "results.jsonl").read_text())
     assert {"5w1s", "5w5s", "20w1s", "20w5s"} <= set(row) and pixel_std(out / "transfer.png") > 10
+
+
+def test_a_regression_study_minimises_the_error_and_meta_rl_is_refused(tmp_path, capsys):
+    optuna = pytest.importorskip("optuna")
+    out, db = tmp_path / "sinusoid", f"sqlite:///{tmp_path / 'mse.db'}"
+    argv = ["study", "sensitivity", "--algo", "maml", "--dataset", "sinusoid", "--steps", "2", "--val-every", "2",
+            "--val-episodes", "4", "--startup-trials", "2", "--trials", "3", "--set", "meta_batch=2",
+            "--storage", db, "--out", str(out)]
+    assert main(argv) == 0
+    study = optuna.load_study(study_name="sensitivity", storage=db)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    values = [t.value for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+    assert study.best_value == min(values)
+    rows = [line for line in (out / "sensitivity.md").read_text().splitlines() if line.startswith("| ")
+            and line.split("|")[1].strip().isdigit()]
+    listed = [float(row.split("|")[-3]) for row in rows]
+    assert listed == sorted(listed) and len(listed) == len(values)        # best (lowest MSE) first
+    capsys.readouterr()
+    # the same storage and name cannot be continued as a maximising (classification) study
+    assert main(["study", "sensitivity", *TINY, "--trials", "1", "--storage", db, "--out", str(out)]) == 2
+    assert "was created to minimize its score; this one would maximize it" in capsys.readouterr().err
+    assert main(["study", "sensitivity", "--algo", "maml-trpo", "--dataset", "nav2d", "--out", str(out)]) == 2
+    assert "nav2d is a meta-RL domain" in capsys.readouterr().err

@@ -247,9 +247,10 @@ SPACE: dict[str, tuple] = {
 EXECUTION_ONLY = ("vectorize",)     # options that change how, not what, is computed: never searched
 
 
-def search_space(algo: str) -> dict[str, tuple]:
+def search_space(algo: str, task: str = "classification") -> dict[str, tuple]:
     """:data:`SPACE` restricted to the options of ``algo``, plus its own boolean options (e.g. MAML's
-    ``multi_step_loss``) as choices."""
+    ``multi_step_loss``) as choices; an option whose field metadata names the tasks it is for
+    (``{"tasks": ("regression",)}``, e.g. DKT's ``task_scale``) only on those."""
     import dataclasses
 
     from fewshot.registry import LEARNERS
@@ -258,9 +259,26 @@ def search_space(algo: str) -> dict[str, tuple]:
     own = {f.name: f for f in dataclasses.fields(spec.options)} if dataclasses.is_dataclass(spec.options) else {}
     space = {k: v for k, v in SPACE.items() if k in ("meta_batch", "lr") or k in own}
     for name, f in own.items():
-        if f.type in (bool, "bool") and name not in EXECUTION_ONLY:
+        if f.type in (bool, "bool") and name not in EXECUTION_ONLY and task in f.metadata.get("tasks", (task,)):
             space[name] = ("choice", (False, True))
     return space
+
+
+def study_task(args) -> str:
+    """The task kind of the study's domain (``classification`` or ``regression``, whose validation score is an
+    error, minimised); meta-RL domains are refused: their learners' settings (a KL bound, a clipping range) are
+    not the searched ones, and an iteration takes minutes."""
+    from fewshot.registry import DOMAINS, LEARNERS
+
+    task = DOMAINS[args.dataset].task
+    if task not in ("classification", "regression"):
+        raise ValueError(f"fewshot study sensitivity searches supervised few-shot learning (classification or "
+                         f"regression); {args.dataset} is a meta-RL domain: tune its learners with fewshot train "
+                         f"--set (docs/experiments/meta-rl.md)")
+    if task not in LEARNERS[args.algo].tasks:
+        raise ValueError(f"{args.algo} does not learn {task} ({args.dataset}); choose one of "
+                         + ", ".join(sorted(a for a, spec in LEARNERS.items() if task in spec.tasks)))
+    return task
 
 
 def suggest(trial, space: dict[str, tuple]) -> dict[str, Any]:
@@ -283,9 +301,10 @@ def _optuna():
     return optuna
 
 
-def open_study(args):
+def open_study(args, direction: str = "maximize"):
     """The Optuna study ``args.study_name`` in ``args.storage`` (default ``sqlite:///OUT/study.db``), created or
-    loaded; a trial whose worker stopped sending heartbeats is retried (its run resumed)."""
+    loaded, maximising or minimising its trials' scores; a trial whose worker stopped sending heartbeats is
+    retried (its run resumed)."""
     import warnings
 
     optuna = _optuna()
@@ -301,8 +320,12 @@ def open_study(args):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 storage = RDBStorage(args.storage, heartbeat_interval=30, grace_period=120,
                                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
-            return optuna.create_study(study_name=args.study_name, storage=storage, sampler=sampler,
-                                       direction="maximize", load_if_exists=True)
+            study = optuna.create_study(study_name=args.study_name, storage=storage, sampler=sampler,
+                                        direction=direction, load_if_exists=True)
+            if study.direction.name.lower() != direction:
+                raise ValueError(f"study {args.study_name} in {args.storage} was created to {study.direction.name.lower()} "
+                                 f"its score; this one would {direction} it: give another --study-name")
+            return study
         except (SQLAlchemyError, optuna.exceptions.DuplicatedStudyError):
             if attempt == 4:
                 raise
@@ -311,7 +334,9 @@ def open_study(args):
 
 def objective(args, space: dict[str, tuple]):
     """One trial: a run of ``args.steps`` steps with the suggested settings, scored by its best validation metric
-    over ``args.val_episodes`` episodes (validated every ``args.val_every`` steps and at the end)."""
+    over ``args.val_episodes`` episodes (validated every ``args.val_every`` steps and at the end). A run that
+    diverges scores chance on classification; on regression, which has no chance level, the trial is pruned (kept
+    in the study with its settings, not counted among the complete ones)."""
     from fewshot.config import resolve
     from fewshot.runs import trainer_for
 
@@ -331,9 +356,11 @@ def objective(args, space: dict[str, tuple]):
         try:
             result = trainer_for(config, run_dir, progress=False).run()
             value = result.best_val
-        except FloatingPointError:           # diverged: scored as chance
-            value = 1.0 / config.ways
+        except FloatingPointError:           # diverged: scored as chance, or pruned
             trial.set_user_attr("diverged", True)
+            if config.domain.task != "classification":
+                raise _optuna().TrialPruned("the run diverged") from None
+            value = 1.0 / config.ways
         trial.set_user_attr("seconds", time.monotonic() - start)
         return value
 
@@ -350,8 +377,9 @@ def sensitivity(args) -> Path | None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     args.storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    space = {k: v for k, v in search_space(args.algo).items() if k not in args.fixed}   # --set fixes a setting
-    study = open_study(args)
+    task = study_task(args)
+    space = {k: v for k, v in search_space(args.algo, task).items() if k not in args.fixed}   # --set fixes one
+    study = open_study(args, "minimize" if task == "regression" else "maximize")
     workers = [subprocess.Popen(worker_argv(args, k)) for k in range(1, args.workers)]
     done = len(study.get_trials(states=(TrialState.COMPLETE,)))
     if done < args.trials:
@@ -451,7 +479,8 @@ def analyse(study, args, space: dict[str, tuple]) -> Path:
     lines += ["", f"Best trial {best.number}: validation {best.value:.4f} with "
               + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()) + ".", "",
               "| trial | " + " | ".join(space) + " | validation | seconds |", "|" + "---|" * (len(space) + 3)]
-    for t in sorted(trials, key=lambda t: -t.value):
+    sign = 1 if study.direction.name == "MINIMIZE" else -1
+    for t in sorted(trials, key=lambda t: sign * t.value):
         lines.append(f"| {t.number} | " + " | ".join(_fmt(t.params.get(k)) for k in space)
                      + f" | {t.value:.4f} | {t.user_attrs.get('seconds', math.nan):.0f} |")
     (out / "sensitivity.md").write_text("\n".join(lines) + "\n")
