@@ -2,8 +2,8 @@
 
 **Regression intervals.** A regression learner with a predictive distribution answers
 ``predict_interval(adapted, query_x, level=0.95) -> PredictiveInterval`` (mean, lower and upper ends, each
-``[Q, d]``): DKT's Gaussian predictive (:func:`gaussian_interval`), BMAML's mixture over particles
-(:func:`mixture_interval`). The evaluator scores it (:func:`episode_interval_statistics`) beside the MSE of
+``[Q, d]``): DKT's Gaussian or Student-t predictive (:func:`gaussian_interval`, :func:`student_t_interval`),
+BMAML's mixture over particles (:func:`mixture_interval`). The evaluator scores it (:func:`episode_interval_statistics`) beside the MSE of
 the learner's point predictions: ``coverage``, the fraction of query targets inside their interval, and
 ``interval_width``, the mean of ``upper - lower``, both pooled over all query targets of the episodes.
 
@@ -44,6 +44,18 @@ def gaussian_interval(mean: torch.Tensor, std: torch.Tensor, level: float = 0.95
     """The central ``level`` interval ``mean ± z std`` of ``N(mean, std^2)`` (``[Q, d]`` each)."""
     half = normal_quantile(level) * std
     return PredictiveInterval(mean, mean - half, mean + half)
+
+
+def student_t_interval(loc: torch.Tensor, scale: torch.Tensor, df: torch.Tensor, level: float = 0.95
+                       ) -> PredictiveInterval:
+    """The central ``level`` interval ``loc ± t_df scale`` of a Student-t (``[Q, d]`` each; ``t_df`` its
+    ``(1 + level)/2`` quantile with ``df`` degrees of freedom, from SciPy)."""
+    from scipy.special import stdtrit
+
+    normal_quantile(level)                                   # checks the level
+    t = stdtrit(df.detach().double().cpu().numpy(), (1 + level) / 2)
+    half = torch.as_tensor(t, dtype=scale.dtype, device=scale.device) * scale
+    return PredictiveInterval(loc, loc - half, loc + half)
 
 
 def mixture_interval(means: torch.Tensor, std: torch.Tensor | float, level: float = 0.95,

@@ -139,6 +139,8 @@ CASES = [
     # -- options of another owner, the model's outputs ----------------------------------------------------
     Case("train-option-not-applicable", "an option of another learner",
          "train --algo protonet --set inner_lr=0.1 --out {d}/r"),
+    Case("train-task-scale-classification", "a per-task GP scale for a classifier",
+         "train --algo dkt --set task_scale=true --out {d}/r"),
     Case("train-set-wrong-section", "`--set` naming an option under the wrong section",
          "train --set learner.lr=0.1 --out {d}/r"),
     Case("train-output-width", "API: a model whose output width is not the episodes' ways",

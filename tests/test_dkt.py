@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -22,12 +23,19 @@ from conftest import cli  # noqa: E402
 DIM = 3
 
 
-def learner(kernel: str = "rbf", task: str = "regression", objective: str = "marginal") -> DKT:
+ALPHA, BETA = 1.6, 0.7       # the inverse-gamma prior of the per-task scale in the task_scale tests
+
+
+def learner(kernel: str = "rbf", task: str = "regression", objective: str = "marginal",
+            task_scale: bool = False) -> DKT:
     torch.manual_seed(0)
     dkt = DKT(nn.Sequential(nn.Linear(DIM, 8), nn.Tanh(), nn.Linear(8, 4)), kernel, task,
-              objective=objective).double()
+              objective=objective, task_scale=task_scale).double()
     dkt.kernel.outputscale = 1.7
     dkt.likelihood.noise = 0.3
+    if task_scale:
+        with torch.no_grad():
+            dkt.raw_scale_prior.copy_(torch.tensor([ALPHA, BETA], dtype=torch.float64).expm1().log())
     if kernel == "rbf":
         dkt.kernel.base_kernel.lengthscale = 0.8
     else:
@@ -121,6 +129,85 @@ def test_predictive_objective_is_the_query_nll_under_the_posterior_predictive():
         marginal, _ = learner("linear").meta_loss(TaskBatch(sx, sy, qx, qy))
     torch.testing.assert_close(loss, torch.stack(expected).mean(), rtol=1e-9, atol=1e-9)
     assert abs(float(marginal) - float(loss)) > 1e-3          # the option changes the objective
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "linear"])
+def test_task_scale_marginal_is_the_multivariate_t(kernel):
+    """With ``task_scale`` the targets' marginal is a multivariate t with ``2 alpha`` degrees of freedom and
+    shape ``(beta / alpha) (K + sigma^2 I)`` (SciPy's density, written independently)."""
+    from scipy.stats import multivariate_t
+
+    dkt = learner(kernel, task_scale=True)
+    g = torch.Generator().manual_seed(11)
+    z, t = torch.randn(7, 4, generator=g, dtype=torch.float64), torch.randn(2, 7, generator=g, dtype=torch.float64)
+    a = (gram(dkt, z, z) + float(dkt.noise.detach()) * torch.eye(7, dtype=torch.float64)).numpy()
+    expected = [multivariate_t(loc=np.zeros(7), shape=BETA / ALPHA * a, df=2 * ALPHA).logpdf(row.numpy()) / 7
+                for row in t]
+    torch.testing.assert_close(dkt.marginal_log_likelihood(z, t).detach(), torch.tensor(expected,
+                               dtype=torch.float64), rtol=1e-9, atol=1e-9)
+
+
+def test_task_scale_predictive_is_the_student_t_of_the_scale_posterior():
+    """Each query target's predictive: a Student-t with ``2 alpha + n`` degrees of freedom around the Gaussian
+    posterior mean, scale ``sqrt((beta + q/2) / (alpha + n/2) (s^2 + sigma^2))``, ``q = t^T A^-1 t``; its log
+    density (the ``predictive`` objective) and its central 95 % interval (SciPy's t)."""
+    from scipy.stats import t as student
+
+    dkt = learner("linear", objective="predictive", task_scale=True).eval()
+    g = torch.Generator().manual_seed(12)
+    sx, sy = torch.randn(5, DIM, generator=g, dtype=torch.float64), torch.randn(5, 1, generator=g, dtype=torch.float64)
+    qx, qy = torch.randn(4, DIM, generator=g, dtype=torch.float64), torch.randn(4, 1, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        z = dkt.embed(torch.cat([sx, qx]))
+        zs, zq = z[:5], z[5:]
+        sigma2 = float(dkt.noise.detach())
+        a = gram(dkt, zs, zs) + sigma2 * torch.eye(5, dtype=torch.float64)
+        cross = gram(dkt, zs, zq)
+        mean = (cross.T @ torch.linalg.solve(a, sy))[:, 0]
+        var = gram(dkt, zq, zq).diagonal() - (cross * torch.linalg.solve(a, cross)).sum(0)
+        q = float(sy[:, 0] @ torch.linalg.solve(a, sy[:, 0]))
+        df, scale = 2 * ALPHA + 5, ((BETA + q / 2) / (ALPHA + 5 / 2) * (var + sigma2)).sqrt()
+        expected = student.logpdf(qy[:, 0].numpy(), df, loc=mean.numpy(), scale=scale.numpy())
+        got = dkt.predictive_log_likelihood(zs, sy.T, zq, qy.T)
+        interval = dkt.predict_interval(dkt.adapt(sx, sy), qx)
+    torch.testing.assert_close(got, torch.tensor([expected.mean()], dtype=torch.float64), rtol=1e-9, atol=1e-9)
+    half = torch.as_tensor(student.ppf(0.975, df) * scale.numpy())
+    torch.testing.assert_close(interval.mean[:, 0], mean)
+    torch.testing.assert_close(interval.upper[:, 0] - mean, half)
+    torch.testing.assert_close(mean - interval.lower[:, 0], half)
+
+
+def test_task_scale_interval_grows_with_the_support_targets_and_the_gaussian_one_does_not():
+    g = torch.Generator().manual_seed(13)
+    sx, sy = torch.randn(5, DIM, generator=g, dtype=torch.float64), torch.randn(5, 1, generator=g, dtype=torch.float64)
+    qx = torch.randn(4, DIM, generator=g, dtype=torch.float64)
+    widths = {}
+    for scaled in (False, True):
+        dkt = learner("linear", task_scale=scaled).eval()
+        with torch.no_grad():
+            widths[scaled] = [float((i.upper - i.lower).mean()) for i in
+                              (dkt.predict_interval(dkt.adapt(sx, c * sy), qx) for c in (0.1, 1.0, 10.0))]
+    assert widths[False][0] == pytest.approx(widths[False][2])
+    assert widths[True][0] < widths[True][1] < widths[True][2] and widths[True][2] > 5 * widths[True][1]
+
+
+def test_task_scale_function_samples_are_seeded_and_centred_on_the_mean():
+    dkt = learner("linear", task_scale=True).eval()
+    g = torch.Generator().manual_seed(14)
+    sx, sy = torch.randn(5, DIM, generator=g, dtype=torch.float64), torch.randn(5, 1, generator=g, dtype=torch.float64)
+    qx = torch.randn(4, DIM, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        adapted = dkt.adapt(sx, sy)
+        draws = dkt.function_samples(adapted, qx, 20000, seed=3)
+        torch.testing.assert_close(draws, dkt.function_samples(adapted, qx, 20000, seed=3))
+        mean = dkt.predict(adapted, qx)
+    assert draws.shape == (20000, 4, 1)
+    torch.testing.assert_close(draws.median(0).values, mean, rtol=0, atol=0.05)
+
+
+def test_task_scale_is_refused_for_classification():
+    with pytest.raises(ValueError, match="task_scale .* is for regression"):
+        learner(task="classification", task_scale=True)
 
 
 def test_two_class_probabilities_match_the_closed_form_and_joint_sampling():

@@ -34,12 +34,24 @@ integrated exactly, so every probability is positive and the estimate smooth), t
 
 Regression: one GP on the targets; :meth:`DKT.predict` gives the posterior mean ``[Q, 1]`` and
 :meth:`DKT.predict_interval` the central 95 % interval of the predictive ``N(mu, s^2 + sigma^2)`` of each target.
+
+``task_scale=True`` (regression) gives each task its own scale of the GP: the covariance of the targets is
+``tau^2 (K + sigma^2 I)`` with ``tau^2 ~ InverseGamma(alpha, beta)`` (``alpha``, ``beta`` meta-learned), integrated
+out in closed form (the normal-inverse-gamma conjugacy). Given ``n`` support targets ``t`` with
+``q = t^T (K + sigma^2 I)^{-1} t``, the posterior of ``tau^2`` is ``InverseGamma(alpha + n/2, beta + q/2)``, the
+posterior mean ``mu`` is unchanged, and each query target's predictive is a Student-t with ``2 alpha + n`` degrees
+of freedom, location ``mu`` and scale ``sqrt((beta + q/2) / (alpha + n/2) (s^2 + sigma^2))``: its width follows the
+size of the support targets (a sinusoid of amplitude 0.1 gets a narrower interval than one of amplitude 5), where
+the Gaussian predictive's depends only on where the points are. The marginal likelihood is the multivariate t::
+
+    log p(t | Z) = log G(alpha + n/2) - log G(alpha) + alpha log beta - (alpha + n/2) log(beta + q/2)
+                   - 1/2 log |K + sigma^2 I| - n/2 log 2 pi                          (G: the gamma function)
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -48,7 +60,7 @@ from torch.nn import functional as F
 from fewshot.learners.base import JointEmbeddingLearner, SupportSet, Task, metric_name, task_metric
 from fewshot.registry import BuildContext, register_learner
 from fewshot.tasks.episode import Episode, RaggedTaskBatch, TaskBatch
-from fewshot.uncertainty import PredictiveInterval, gaussian_interval
+from fewshot.uncertainty import PredictiveInterval, gaussian_interval, student_t_interval
 
 KERNELS = ("rbf", "linear", "cosine")
 OBJECTIVES = ("marginal", "predictive")
@@ -76,20 +88,28 @@ class DKT(JointEmbeddingLearner):
             (the query's posterior predictive given the support; module docstring).
         seed: seeds those draws (a generator seeded with it for each prediction, so a prediction is the same
             every time it is made).
+        task_scale: regression: a per-task scale of the GP with an inverse-gamma prior, integrated out (a
+            Student-t predictive; module docstring).
         batchnorm: ``"batch"`` or ``"running"`` (:mod:`fewshot.learners.base`).
     """
 
     def __init__(self, encoder: nn.Module, kernel: str = "rbf", task: Task = "classification",
                  samples: int = DEFAULT_SAMPLES, *, objective: str = "marginal", seed: int = 0,
-                 batchnorm: str = "batch"):
+                 task_scale: bool = False, batchnorm: str = "batch"):
         super().__init__(batchnorm=batchnorm)
         check_options(kernel, samples, objective)
+        if task_scale and task != "regression":
+            raise ValueError("task_scale (a per-task scale of the GP) is for regression; classification's targets "
+                             "are ±1 in every task: drop task_scale")
         gpytorch = _gpytorch()
         self.encoder, self.kernel_name, self.task, self.samples, self.seed = encoder, kernel, task, samples, seed
         self.objective = objective
         covar = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel() if kernel == "rbf"
                                              else gpytorch.kernels.LinearKernel())
         self.kernel, self.likelihood = covar, gpytorch.likelihoods.GaussianLikelihood()
+        self.task_scale = task_scale
+        if task_scale:      # alpha = softplus(raw), beta likewise: initially 2 and 1, a prior mean of tau^2 of 1
+            self.raw_scale_prior = nn.Parameter(torch.tensor([2.0, 1.0]).expm1().log())
 
     # -- the GP ------------------------------------------------------------------------------------
     def features(self, z: torch.Tensor) -> torch.Tensor:
@@ -118,29 +138,65 @@ class DKT(JointEmbeddingLearner):
         n = z.shape[-2]
         inv_quad, logdet = self._noisy_gram(self.features(z)).inv_quad_logdet(
             inv_quad_rhs=t.transpose(-1, -2), logdet=True, reduce_inv_quad=False)
-        return (-0.5 * inv_quad - 0.5 * logdet.unsqueeze(-1) - 0.5 * n * math.log(2 * math.pi)) / n
+        if self.task_scale:     # the multivariate t of the module docstring
+            alpha, beta = self.scale_prior
+            fit = (torch.lgamma(alpha + n / 2) - torch.lgamma(alpha) + alpha * beta.log()
+                   - (alpha + n / 2) * (beta + inv_quad / 2).log())
+        else:
+            fit = -0.5 * inv_quad
+        return (fit - 0.5 * logdet.unsqueeze(-1) - 0.5 * n * math.log(2 * math.pi)) / n
 
     def predictive_log_likelihood(self, support_z: torch.Tensor, t: torch.Tensor, query_z: torch.Tensor,
                                   query_t: torch.Tensor) -> torch.Tensor:
         """``[..., outputs]``: the mean over query points of the log density of each query target
-        ``query_t [..., outputs, Q]`` under its predictive ``N(mu, s^2 + sigma^2)`` given the support
-        (:meth:`posterior`; ``support_z [..., S, D]``, ``t [..., outputs, S]``, ``query_z [..., Q, D]``)."""
-        mean, var = self.posterior(support_z, t, query_z)
-        return torch.distributions.Normal(mean, (var + self.noise).sqrt()).log_prob(query_t).mean(-1)
+        ``query_t [..., outputs, Q]`` under its :meth:`predictive` given the support (``support_z [..., S, D]``,
+        ``t [..., outputs, S]``, ``query_z [..., Q, D]``)."""
+        return self.predictive(support_z, t, query_z).log_prob(query_t).mean(-1)
+
+    def predictive(self, support_z: torch.Tensor, t: torch.Tensor, query_z: torch.Tensor
+                   ) -> torch.distributions.Distribution:
+        """The predictive distribution of each query target given the support (arguments as
+        :meth:`posterior`), batch shape ``[..., outputs, Q]``: ``N(mu, s^2 + sigma^2)``, or with ``task_scale``
+        the Student-t of the module docstring."""
+        mean, var, inv_quad = self._posterior(support_z, t, query_z)
+        if not self.task_scale:
+            return torch.distributions.Normal(mean, (var + self.noise).sqrt())
+        shape, rate = self.scale_posterior(support_z.shape[-2], inv_quad)
+        scale = ((rate / shape).unsqueeze(-1) * (var + self.noise)).sqrt()
+        return torch.distributions.StudentT((2 * shape).unsqueeze(-1).expand_as(mean), mean, scale)
 
     def posterior(self, support_z: torch.Tensor, t: torch.Tensor, query_z: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and variance of the latent ``f`` at ``query_z [..., Q, D]`` given the support
         ``support_z [..., S, D]`` with targets ``t [..., outputs, S]``: each ``[..., outputs, Q]`` (no
         observation noise), in closed form: ``mu = K_*^T A^-1 t``, ``s^2 = k_** - K_*^T A^-1 K_*`` with
-        ``A = K + sigma^2 I``."""
+        ``A = K + sigma^2 I`` (with ``task_scale``, ``s^2`` is to be multiplied by the task's ``tau^2``)."""
+        mean, var, _ = self._posterior(support_z, t, query_z)
+        return mean, var
+
+    def _posterior(self, support_z: torch.Tensor, t: torch.Tensor, query_z: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`posterior`'s mean and variance and ``q = t^T A^-1 t`` of each output, ``[..., outputs]``."""
         fs, fq = self.features(support_z), self.features(query_z)
         cross = self.kernel(fs, fq).to_dense()                                         # [..., S, Q]
         outputs = t.shape[-2]
         solved = self._noisy_gram(fs).solve(torch.cat([t.transpose(-1, -2), cross], dim=-1))
         mean = (cross.transpose(-1, -2) @ solved[..., :outputs]).transpose(-1, -2)     # [..., outputs, Q]
         var = self.kernel(fq, diag=True) - (cross * solved[..., outputs:]).sum(-2)    # [..., Q]
-        return mean, var.clamp(min=1e-12).unsqueeze(-2).expand_as(mean)
+        inv_quad = (t.transpose(-1, -2) * solved[..., :outputs]).sum(-2)              # [..., outputs]
+        return mean, var.clamp(min=1e-12).unsqueeze(-2).expand_as(mean), inv_quad
+
+    @property
+    def scale_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``task_scale``: the inverse-gamma prior's shape ``alpha`` and scale ``beta`` of ``tau^2`` (scalars)."""
+        alpha, beta = F.softplus(self.raw_scale_prior)
+        return alpha, beta
+
+    def scale_posterior(self, n: int, inv_quad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``task_scale``: the posterior ``InverseGamma(alpha + n/2, beta + q/2)`` of ``tau^2`` given ``n`` support
+        targets with ``q = inv_quad [..., outputs]``: its shape and scale, each ``[..., outputs]``."""
+        alpha, beta = self.scale_prior
+        return (alpha + n / 2).expand_as(inv_quad), beta + inv_quad / 2
 
     @property
     def noise(self) -> torch.Tensor:
@@ -157,12 +213,16 @@ class DKT(JointEmbeddingLearner):
 
     def predict_interval(self, adapted: SupportSet, query_x: torch.Tensor, level: float = 0.95
                          ) -> PredictiveInterval:
-        """Regression: the predictive mean and central ``level`` interval of ``N(mu, s^2 + sigma^2)``, each
-        ``[Q, 1]``."""
+        """Regression: the predictive mean and central ``level`` interval of :meth:`predictive`
+        (``N(mu, s^2 + sigma^2)``, or the Student-t of ``task_scale``), each ``[Q, 1]``."""
         if self.task != "regression":
             raise ValueError("predictive intervals are for regression; this DKT learner classifies")
-        mean, std = self.latent(adapted, query_x)
-        return gaussian_interval(mean, (std.pow(2) + self.noise).sqrt(), level)
+        n = adapted.x.shape[0]
+        z = self.embed(torch.cat([adapted.x, query_x]))
+        dist = self.predictive(z[:n], self.targets(adapted.y), z[n:])
+        if self.task_scale:
+            return student_t_interval(dist.loc.T, dist.scale.T, dist.df.T, level)
+        return gaussian_interval(dist.loc.T, dist.scale.T, level)
 
     def latent(self, adapted: SupportSet, query_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and standard deviation of each output's latent at ``query_x``: ``[Q, outputs]`` each
@@ -175,12 +235,14 @@ class DKT(JointEmbeddingLearner):
     def function_samples(self, adapted: SupportSet, query_x: torch.Tensor, samples: int, seed: int = 0
                          ) -> torch.Tensor:
         """Regression: ``samples`` joint draws of the latent function at ``query_x [Q, ...]`` from the posterior
-        given the support set, ``[samples, Q, 1]`` (a generator seeded with ``seed``)."""
+        given the support set, ``[samples, Q, 1]`` (seeded with ``seed``; with ``task_scale`` each draw's covariance
+        is scaled by its own draw of ``tau^2`` from the task's posterior, a multivariate t)."""
         n = adapted.x.shape[0]
         z = self.features(self.embed(torch.cat([adapted.x, query_x])))
         fs, fq = z[:n], z[n:]
         cross = self.kernel(fs, fq).to_dense()                                          # [S, Q]
-        solved = self._noisy_gram(fs).solve(torch.cat([self.targets(adapted.y).T, cross], dim=-1))
+        t = self.targets(adapted.y)
+        solved = self._noisy_gram(fs).solve(torch.cat([t.T, cross], dim=-1))
         mean = cross.T @ solved[:, :1]                                                   # [Q, 1]
         cov = (self.kernel(fq).to_dense() - cross.T @ solved[:, 1:]).double()
         # a square root of the (near-singular) posterior covariance from its eigenpairs, negative ones clipped
@@ -188,6 +250,12 @@ class DKT(JointEmbeddingLearner):
         root = (vectors * values.clamp(min=0).sqrt()).to(mean.dtype)
         g = torch.Generator(device=cov.device).manual_seed(seed)
         eps = torch.randn(samples, cov.shape[0], 1, generator=g, dtype=mean.dtype, device=cov.device)
+        if self.task_scale:      # tau^2 = rate / Gamma(shape, 1); torch's gamma sampler takes no generator
+            shape, rate = self.scale_posterior(n, (t.T * solved[:, :1]).sum(0))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                tau2 = rate / torch.distributions.Gamma(shape, torch.ones_like(shape)).sample((samples,))
+            eps = eps * tau2.sqrt().reshape(samples, 1, 1)
         return mean + root @ eps
 
     def episode_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
@@ -261,12 +329,15 @@ class DKTOptions:
         feature_dim: regression: the width of the net's last layer, the embedding (default 40).
         objective: ``marginal`` (the marginal likelihood of support and query together) or ``predictive`` (the
             query's posterior predictive given the support).
+        task_scale: regression: a per-task scale of the GP, integrated out under an inverse-gamma prior (a
+            Student-t predictive whose width follows the size of the support targets).
     """
 
     kernel: str = "rbf"
     samples: int = DEFAULT_SAMPLES
     feature_dim: int = 40
     objective: str = "marginal"
+    task_scale: bool = field(default=False, metadata={"tasks": ("regression",)})
 
     def validate(self) -> None:
         check_options(self.kernel, self.samples, self.objective)
@@ -278,4 +349,4 @@ class DKTOptions:
 def _build(options: DKTOptions, context: BuildContext) -> DKT:
     encoder = context.net(out_features=options.feature_dim) if context.task == "regression" else context.net()
     return DKT(encoder, options.kernel, context.task, options.samples, objective=options.objective,
-               seed=context.seed)
+               seed=context.seed, task_scale=options.task_scale)
