@@ -185,6 +185,14 @@ def test_the_default_fsmol_protonet_is_the_measured_fsmol_recipe():
     assert differ <= {"steps", "time_limit"}, {k: (default[k], shipped[k]) for k in differ}
 
 
+def test_the_default_sinusoid_dkt_is_the_measured_task_scale_recipe():
+    shipped = resolve(load_yaml(Path(__file__).parent.parent / "configs" / "dkt-linear-taskscale-sinusoid.yaml"),
+                      {}).flat()
+    default = resolve({}, {"algo": "dkt", "dataset": "sinusoid"}).flat()
+    assert {k for k in shipped if shipped[k] != default[k]} == set()
+    assert default["task_scale"] is True and default["kernel"] == "linear" and default["shots"] == 5
+
+
 def test_siamese_distance_is_validated_and_reaches_the_learner():
     with pytest.raises(ValueError, match="siamese distance"):
         RunConfig(algo="siamese", distance="cosine").validate()
