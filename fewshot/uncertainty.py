@@ -3,8 +3,8 @@
 **Regression intervals.** A regression learner with a predictive distribution answers
 ``predict_interval(adapted, query_x, level=0.95) -> PredictiveInterval`` (mean, lower and upper ends, each
 ``[Q, d]``): DKT's Gaussian or Student-t predictive (:func:`gaussian_interval`, :func:`student_t_interval`),
-BMAML's mixture over particles (:func:`mixture_interval`). The evaluator scores it (:func:`episode_interval_statistics`) beside the MSE of
-the learner's point predictions: ``coverage``, the fraction of query targets inside their interval, and
+BMAML's mixture over particles (:func:`mixture_interval`). The evaluator scores it
+(:func:`episode_interval_statistics`) beside the MSE of the learner's point predictions: ``coverage``, the fraction of query targets inside their interval, and
 ``interval_width``, the mean of ``upper - lower``, both pooled over all query targets of the episodes.
 
 **Ranking (molecules).** The query molecules of an assay are ranked by a score and the top 10 % looked at:

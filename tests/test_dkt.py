@@ -201,8 +201,13 @@ def test_task_scale_function_samples_are_seeded_and_centred_on_the_mean():
         draws = dkt.function_samples(adapted, qx, 20000, seed=3)
         torch.testing.assert_close(draws, dkt.function_samples(adapted, qx, 20000, seed=3))
         mean = dkt.predict(adapted, qx)
+        z = dkt.embed(torch.cat([sx, qx]))
+        _, var, q = dkt._posterior(z[:5], sy.T, z[5:])
     assert draws.shape == (20000, 4, 1)
     torch.testing.assert_close(draws.median(0).values, mean, rtol=0, atol=0.05)
+    # a multivariate t: each point's variance is E[tau^2] s^2 = (beta + q/2) / (alpha + n/2 - 1) s^2
+    expected = (BETA + q / 2) / (ALPHA + 5 / 2 - 1) * var                                 # [1, Q]
+    torch.testing.assert_close(draws[..., 0].var(0), expected[0], rtol=0.1, atol=0)
 
 
 def test_task_scale_is_refused_for_classification():

@@ -99,3 +99,24 @@ def test_a_regression_study_minimises_the_error_and_meta_rl_is_refused(tmp_path,
     assert "was created to minimize its score; this one would maximize it" in capsys.readouterr().err
     assert main(["study", "sensitivity", "--algo", "maml-trpo", "--dataset", "nav2d", "--out", str(out)]) == 2
     assert "nav2d is a meta-RL domain" in capsys.readouterr().err
+
+
+def test_diverged_regression_trials_are_pruned_and_use_up_the_budget(tmp_path, capsys, monkeypatch):
+    """A regression trial whose run diverges has no chance level to score: it is pruned, and counted towards
+    --trials, so a study whose every run diverges still ends (with a message, not a score)."""
+    optuna = pytest.importorskip("optuna")
+    import fewshot.runs
+
+    class Diverging:
+        def run(self):
+            raise FloatingPointError("loss is nan")
+
+    monkeypatch.setattr(fewshot.runs, "trainer_for", lambda *a, **k: Diverging())
+    db = f"sqlite:///{tmp_path / 'nan.db'}"
+    argv = ["study", "sensitivity", "--algo", "maml", "--dataset", "sinusoid", "--steps", "2", "--trials", "2",
+            "--startup-trials", "2", "--storage", db, "--out", str(tmp_path / "nan")]
+    assert main(argv) == 2
+    assert "has 0 complete trial(s); importances need two or more" in capsys.readouterr().err
+    trials = optuna.load_study(study_name="sensitivity", storage=db).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert all(t.user_attrs["diverged"] for t in trials)

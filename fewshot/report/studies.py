@@ -323,8 +323,9 @@ def open_study(args, direction: str = "maximize"):
             study = optuna.create_study(study_name=args.study_name, storage=storage, sampler=sampler,
                                         direction=direction, load_if_exists=True)
             if study.direction.name.lower() != direction:
-                raise ValueError(f"study {args.study_name} in {args.storage} was created to {study.direction.name.lower()} "
-                                 f"its score; this one would {direction} it: give another --study-name")
+                raise ValueError(f"study {args.study_name} in {args.storage} was created to "
+                                 f"{study.direction.name.lower()} its score; this one would {direction} it: give "
+                                 "another --study-name")
             return study
         except (SQLAlchemyError, optuna.exceptions.DuplicatedStudyError):
             if attempt == 4:
@@ -336,7 +337,7 @@ def objective(args, space: dict[str, tuple]):
     """One trial: a run of ``args.steps`` steps with the suggested settings, scored by its best validation metric
     over ``args.val_episodes`` episodes (validated every ``args.val_every`` steps and at the end). A run that
     diverges scores chance on classification; on regression, which has no chance level, the trial is pruned (kept
-    in the study with its settings, not counted among the complete ones)."""
+    in the study with its settings and counted towards ``--trials``, left out of the importances)."""
     from fewshot.config import resolve
     from fewshot.runs import trainer_for
 
@@ -368,22 +369,22 @@ def objective(args, space: dict[str, tuple]):
 
 
 def sensitivity(args) -> Path | None:
-    """``fewshot study sensitivity``: run trials until the study holds ``args.trials`` complete ones (every
-    worker on the same storage shares that count), then write the importances, heat map and table."""
+    """``fewshot study sensitivity``: run trials until the study holds ``args.trials`` complete or pruned ones
+    (every worker on the same storage shares that count), then write the importances, heat map and table."""
     _optuna()
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
+    task = study_task(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     args.storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    task = study_task(args)
     space = {k: v for k, v in search_space(args.algo, task).items() if k not in args.fixed}   # --set fixes one
     study = open_study(args, "minimize" if task == "regression" else "maximize")
     workers = [subprocess.Popen(worker_argv(args, k)) for k in range(1, args.workers)]
-    done = len(study.get_trials(states=(TrialState.COMPLETE,)))
-    if done < args.trials:
-        study.optimize(objective(args, space), callbacks=[MaxTrialsCallback(args.trials, states=(TrialState.COMPLETE,))],
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)     # a pruned (diverged) trial uses up its budget too
+    if len(study.get_trials(states=finished)) < args.trials:
+        study.optimize(objective(args, space), callbacks=[MaxTrialsCallback(args.trials, states=finished)],
                        catch=(RuntimeError,))
     for w in workers:
         if w.wait() != 0:
